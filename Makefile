@@ -1,0 +1,38 @@
+# One command each: `make demo` runs the main job, `make test` runs the whole test suite.
+# Both create .venv if missing and install torch (CPU wheel, pinned) before anything that needs it.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEV_STAMP := $(VENV)/.installed-dev
+TORCH := torch==2.13.0
+
+.PHONY: demo test setup setup-dev bench clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(DEV_STAMP): $(STAMP)
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $@
+
+setup: $(STAMP)
+setup-dev: $(DEV_STAMP)
+
+demo: $(STAMP)
+	$(BIN)/prefopt demo
+
+test: $(DEV_STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(DEV_STAMP)
+	$(BIN)/pip install -q -e ".[bench]"
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

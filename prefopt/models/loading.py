@@ -1,0 +1,68 @@
+"""Load any ``AutoModelForCausalLM`` by hub name or local path, or build a tiny one from a config."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from prefopt.errors import ConfigError, PrefoptError
+from prefopt.models.config import ModelConfig
+from prefopt.models.tiny import is_tiny, tiny_config
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _dtype(name: str) -> torch.dtype:
+    if name not in DTYPES:
+        raise ConfigError(f"model.dtype: got '{name}', expected one of {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def _check_local(name_or_path: str, what: str) -> None:
+    """A name that can only be a local path (not 'org/name') must exist."""
+    looks_local = name_or_path.startswith(("/", ".", "~")) or name_or_path.count("/") > 1
+    if looks_local and not Path(name_or_path).expanduser().exists():
+        raise PrefoptError(f"cannot load {what} '{name_or_path}': no such local path")
+
+
+def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
+    """Load a tokenizer; a missing pad token falls back to the eos token."""
+    from transformers import AutoTokenizer
+
+    _check_local(name_or_path, "tokenizer")
+    try:
+        tok = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise PrefoptError(f"cannot load tokenizer '{name_or_path}': {str(exc).splitlines()[0]}") from exc
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(cfg: ModelConfig, tokenizer=None):
+    """The policy model described by ``cfg`` (tiny models need ``tokenizer`` for their vocabulary)."""
+    from transformers import AutoModelForCausalLM
+
+    dtype = _dtype(cfg.dtype)
+    if is_tiny(cfg.name_or_path):
+        if tokenizer is None:
+            raise ConfigError(f"model.name_or_path '{cfg.name_or_path}' is a tiny model: it needs a tokenizer")
+        config = tiny_config(cfg.name_or_path, len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                             eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id,
+                             max_positions=cfg.max_positions)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.init_seed)
+            model = AutoModelForCausalLM.from_config(config)
+        return model.to(dtype)
+    _check_local(cfg.name_or_path, "model")
+    if Path(cfg.name_or_path).exists() and not (Path(cfg.name_or_path) / "config.json").exists():
+        raise PrefoptError(f"cannot load model '{cfg.name_or_path}': the directory has no config.json")
+    try:
+        return AutoModelForCausalLM.from_pretrained(
+            cfg.name_or_path, trust_remote_code=cfg.trust_remote_code, dtype=dtype)
+    except (OSError, ValueError) as exc:
+        raise PrefoptError(f"cannot load model '{cfg.name_or_path}': {str(exc).splitlines()[0]}") from exc
+
+
+def count_parameters(model: torch.nn.Module, trainable_only: bool = False) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)

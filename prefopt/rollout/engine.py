@@ -1,0 +1,504 @@
+"""Batched sampling with a KV cache for any Hugging Face causal LM.
+
+``generate(model, prompts, cfg, ...)`` samples ``cfg.num_samples`` responses for each prompt
+and returns a :class:`prefopt.types.Rollout` with the sampled token ids, response masks and the
+behaviour log-probs of the sampled tokens.
+
+How it avoids ``model.generate``'s per-token overhead:
+
+* **Prefill once.** Prompts are left-padded, with an attention mask and explicit
+  ``position_ids`` (so padding does not shift positions), and each *distinct* prompt of a chunk
+  is prefilled once; its KV cache is then repeated for the ``k`` samples.
+* **Preallocate.** Output ids / log-probs, the attention mask and (for models whose layers are
+  all plain full-attention layers) the KV cache itself are allocated once at their final size;
+  a decode step writes in place instead of concatenating (``DynamicCache`` copies the whole
+  cache every step).
+* **Drop finished rows.** When rows stop, the cache, mask and positions are indexed down to
+  the still-active rows, so finished rows cost nothing in later steps.
+* **Sampling with tensor ops.** Temperature, top-k, top-p and inverse-CDF sampling are a few
+  batched tensor ops; the random numbers of every row are drawn up front from that row's own
+  ``torch.Generator`` (one small table per chunk), so there is no per-row work per token.
+* **Stop strings** are checked by decoding only the last few tokens of each active row,
+  never the whole response.
+
+Log-probs: ``Rollout.logprobs`` holds ``log softmax(logits)[token]`` of the model's *raw*
+logits (temperature 1, no top-k/top-p) -- the policy's log-prob of the sampled token, which is
+what importance ratios against a later recomputation need. It is *not* the log-prob under the
+(tempered, truncated) distribution the token was actually drawn from.
+
+Determinism: the randomness of a row comes only from its row key, derived from
+``(seed of its prompt, sample index j)``, where the seed of prompt ``p`` is ``seeds[p]`` when
+given and otherwise derived from ``(cfg.seed, p)``. Random draws therefore do not depend on
+``cfg.batch_size``, on the other prompts in the call, or (with ``seeds``) on the prompt's
+position in the list. Same call twice gives identical output. Across different chunkings or
+batch compositions the token choices are identical as long as the model's logits for a row do
+not change; in practice different padding / batch shapes can perturb logits at the 1e-6 level,
+which changes a sample only when its uniform draw lands that close to a CDF boundary (or, for
+greedy, on a near-exact tie).
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from prefopt.errors import ConfigError
+from prefopt.types import Rollout
+
+__all__ = ["SamplingConfig", "generate"]
+
+
+@dataclass
+class SamplingConfig:
+    """How to sample responses from a causal LM (one flat config; a docstring per field)."""
+
+    max_new_tokens: int = field(
+        default=32, metadata={"help": "Maximum number of tokens generated per response (stop token included)."}
+    )
+    temperature: float = field(
+        default=1.0, metadata={"help": "Softmax temperature for sampling; 0 means greedy (argmax)."}
+    )
+    top_k: int = field(
+        default=0, metadata={"help": "Sample only among the k most likely tokens; 0 turns top-k off."}
+    )
+    top_p: float = field(
+        default=1.0,
+        metadata={"help": "Nucleus sampling: keep the smallest set of most likely tokens whose probability "
+                          "(after temperature and top-k) reaches top_p; 1.0 turns it off."},
+    )
+    num_samples: int = field(
+        default=1, metadata={"help": "Responses sampled per prompt (k); rows of a prompt are consecutive."}
+    )
+    stop_token_ids: tuple[int, ...] = field(
+        default=(), metadata={"help": "Token ids that end a response, in addition to the tokenizer's eos."}
+    )
+    stop_strings: tuple[str, ...] = field(
+        default=(),
+        metadata={"help": "Strings that end a response once the decoded response contains them "
+                          "(the token completing the string is kept; needs a tokenizer)."},
+    )
+    seed: int = field(
+        default=0, metadata={"help": "Base seed; prompt p's seed is derived from (seed, p) unless per-prompt seeds are given."}
+    )
+    batch_size: int = field(
+        default=64, metadata={"help": "Maximum number of rows decoded together; larger requests are chunked."}
+    )
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the field when a value is out of range."""
+        if self.max_new_tokens < 1:
+            raise ConfigError(f"sampling.max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ConfigError(f"sampling.temperature must be >= 0 (0 = greedy), got {self.temperature}")
+        if self.top_k < 0:
+            raise ConfigError(f"sampling.top_k must be >= 0 (0 = off), got {self.top_k}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ConfigError(f"sampling.top_p must be in (0, 1], got {self.top_p}")
+        if self.num_samples < 1:
+            raise ConfigError(f"sampling.num_samples must be >= 1, got {self.num_samples}")
+        if self.batch_size < 1:
+            raise ConfigError(f"sampling.batch_size must be >= 1, got {self.batch_size}")
+        if any(not s for s in self.stop_strings):
+            raise ConfigError("sampling.stop_strings must not contain empty strings")
+
+
+# --------------------------------------------------------------------------- seeds
+
+_M64 = (1 << 64) - 1
+
+
+def _splitmix64(x: int) -> int:
+    x = (x + 0x9E3779B97F4A7C15) & _M64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _M64
+    return x ^ (x >> 31)
+
+
+def _mix(*values: int) -> int:
+    h = 0x2545F4914F6CDD1D
+    for v in values:
+        h = _splitmix64(h ^ (int(v) & _M64))
+    return h
+
+
+def _row_uniforms(row_keys: list[int], steps: int) -> torch.Tensor:
+    """(n, steps) float64 uniforms in (0, 1], row r drawn from a generator seeded with row_keys[r]."""
+    out = torch.empty(len(row_keys), steps, dtype=torch.float64)
+    gen = torch.Generator()
+    for r, key in enumerate(row_keys):
+        gen.manual_seed(key & ((1 << 63) - 1))
+        torch.rand(steps, generator=gen, dtype=torch.float64, out=out[r])
+    return 1.0 - out  # (0, 1]: keeps inverse-CDF sampling off zero-probability tokens
+
+
+# --------------------------------------------------------------------------- sampling
+
+
+def _sample(logits: torch.Tensor, u: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
+    """Draw one token per row from ``logits`` (A, V) with uniforms ``u`` (A,) in (0, 1].
+
+    Inverse-CDF sampling: the chosen token is the first whose cumulative (unnormalized)
+    probability reaches ``u * total``. A zero-probability token is never chosen, because its
+    predecessor reaches the same cumulative value first (and ``u * total > 0``).
+    """
+    if temperature == 0.0:
+        return logits.argmax(dim=-1)
+    x = logits.float()
+    if temperature != 1.0:
+        x = x / temperature
+    vocab = x.shape[-1]
+    idx = None
+    if 0 < top_k < vocab:
+        x, idx = torch.topk(x, top_k, dim=-1)  # sorted, descending
+    elif top_p < 1.0:
+        x, idx = torch.sort(x, dim=-1, descending=True)
+    probs = torch.softmax(x, dim=-1)
+    if top_p < 1.0:
+        # drop a token when the mass strictly before it already reaches top_p (the first always stays)
+        before = probs.cumsum(dim=-1) - probs
+        probs = probs.masked_fill(before >= top_p, 0.0)
+    cdf = probs.double().cumsum(dim=-1)
+    thresh = (u.to(cdf.dtype) * cdf[:, -1]).unsqueeze(-1)
+    j = torch.searchsorted(cdf, thresh, right=False).clamp_(max=cdf.shape[-1] - 1)
+    return (idx.gather(-1, j) if idx is not None else j).squeeze(-1)
+
+
+# --------------------------------------------------------------------------- KV cache
+
+
+def _prealloc_layer_cls():
+    """Build the preallocated layer class on first use (keeps ``import`` of this module light)."""
+    from transformers.cache_utils import DynamicLayer
+
+    global _PREALLOC_CLS
+    if _PREALLOC_CLS is not None:
+        return _PREALLOC_CLS
+
+    class PreallocDynamicLayer(DynamicLayer):
+        """A full-attention cache layer written in place into a buffer sized for the whole generation.
+
+        ``keys``/``values`` are views ``buf[:, :, :length]``; ``update`` copies the new states into
+        the buffer instead of concatenating (which copies the whole cache every step).
+        """
+
+        def __init__(self, capacity: int, **kwargs):
+            super().__init__(**kwargs)
+            self.capacity = int(capacity)
+            self.length = 0
+
+        def lazy_initialization(self, key_states, value_states):
+            self.dtype, self.device = key_states.dtype, key_states.device
+            b, h, _, d = key_states.shape
+            self._kbuf = key_states.new_empty(b, h, self.capacity, d)
+            self._vbuf = value_states.new_empty(b, h, self.capacity, value_states.shape[-1])
+            self.length = 0
+            self.keys, self.values = self._kbuf[:, :, :0], self._vbuf[:, :, :0]
+            self.is_initialized = True
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            n = key_states.shape[-2]
+            end = self.length + n
+            if end > self.capacity:  # grow (should not happen: capacity is prompt + max_new_tokens)
+                self.capacity = max(end, 2 * self.capacity)
+                kb = self._kbuf.new_empty(*self._kbuf.shape[:2], self.capacity, self._kbuf.shape[-1])
+                vb = self._vbuf.new_empty(*self._vbuf.shape[:2], self.capacity, self._vbuf.shape[-1])
+                kb[:, :, : self.length] = self._kbuf[:, :, : self.length]
+                vb[:, :, : self.length] = self._vbuf[:, :, : self.length]
+                self._kbuf, self._vbuf = kb, vb
+            self._kbuf[:, :, self.length:end] = key_states
+            self._vbuf[:, :, self.length:end] = value_states
+            self.length = end
+            self.keys, self.values = self._kbuf[:, :, :end], self._vbuf[:, :, :end]
+            return self.keys, self.values
+
+        def get_seq_length(self) -> int:
+            return self.length if self.is_initialized else 0
+
+        def batch_select_indices(self, indices: torch.Tensor) -> None:
+            if self.is_initialized:
+                self._kbuf = self._kbuf.index_select(0, indices)
+                self._vbuf = self._vbuf.index_select(0, indices)
+                self.keys, self.values = self._kbuf[:, :, : self.length], self._vbuf[:, :, : self.length]
+
+        def reset(self) -> None:
+            super().reset()
+            self.length = 0
+
+        def crop(self, tokens_to_remove: int) -> None:
+            raise NotImplementedError("PreallocDynamicLayer does not support crop")
+
+        def batch_repeat_interleave(self, repeats: int) -> None:
+            raise NotImplementedError("PreallocDynamicLayer does not support batch_repeat_interleave")
+
+    _PREALLOC_CLS = PreallocDynamicLayer
+    return _PREALLOC_CLS
+
+
+_PREALLOC_CLS = None
+
+
+def _make_cache(model, capacity: int):
+    """A cache for ``model``: preallocated when every layer is plain full attention, else HF's own.
+
+    Returns None for models without an HF config (they build and return their own cache).
+    """
+    config = getattr(model, "config", None)
+    if config is None or not hasattr(config, "get_text_config"):
+        return None
+    try:
+        from transformers import DynamicCache
+        from transformers.cache_utils import DynamicLayer
+
+        cache = DynamicCache(config=config)
+    except Exception:  # noqa: BLE001 - unusual config: let the model build its cache
+        return None
+    if cache.layers and all(type(layer) is DynamicLayer for layer in cache.layers):
+        cls = _prealloc_layer_cls()
+        cache.layers = [cls(capacity) for _ in cache.layers]
+    return cache
+
+
+def _select_rows(cache: Any, idx: torch.Tensor) -> Any:
+    """Keep only the batch rows ``idx`` of a KV cache (HF Cache object or legacy tuples)."""
+    if cache is None:
+        return None
+    if hasattr(cache, "batch_select_indices"):
+        cache.batch_select_indices(idx)
+        return cache
+    if isinstance(cache, (tuple, list)):
+        return type(cache)(_select_rows(c, idx) for c in cache)
+    if isinstance(cache, torch.Tensor):
+        return cache.index_select(0, idx)
+    raise TypeError(f"don't know how to select batch rows of a cache of type {type(cache).__name__}")
+
+
+def _accepts(model, name: str) -> bool:
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+# --------------------------------------------------------------------------- stop strings
+
+
+class _StopStrings:
+    """Detect stop strings by decoding only the last ``window`` tokens of each active row."""
+
+    def __init__(self, stop_strings: tuple[str, ...], tokenizer):
+        self.strings = tuple(stop_strings)
+        self.tokenizer = tokenizer
+        # a stop string of b bytes spans at most b tokens (each token decodes to >= 1 byte);
+        # a few extra tokens keep decode artifacts at the start of the window (e.g. a stripped
+        # leading space) away from the match
+        self.window = max(len(s.encode("utf-8")) for s in self.strings) + 4
+        decode = getattr(tokenizer, "batch_decode", None)
+        self._batch_decode = decode if decode is not None else (lambda seqs: [tokenizer.decode(s) for s in seqs])
+
+    def hits(self, tokens: torch.Tensor, active: torch.Tensor, t: int) -> torch.Tensor:
+        """(A,) bool: active rows whose response tail (positions <= t) contains a stop string."""
+        start = max(0, t + 1 - self.window)
+        tails = tokens[active, start : t + 1].tolist()
+        texts = self._batch_decode(tails)
+        return torch.tensor([any(s in text for s in self.strings) for text in texts], dtype=torch.bool)
+
+
+# --------------------------------------------------------------------------- generate
+
+
+def generate(
+    model,
+    prompts: list[list[int]],
+    cfg: SamplingConfig,
+    *,
+    pad_token_id: int,
+    eos_token_id: int | list[int] | None,
+    tokenizer=None,
+    seeds: list[int] | None = None,
+) -> Rollout:
+    """Sample ``cfg.num_samples`` responses for each prompt with a KV cache.
+
+    Args:
+        model: an HF causal LM (or anything with the same call interface:
+            ``model(input_ids=, attention_mask=, position_ids=, past_key_values=, use_cache=True)``
+            returning an object with ``.logits`` (B, T, V) and ``.past_key_values``).
+        prompts: P lists of prompt token ids, unpadded, each non-empty.
+        cfg: sampling settings (see :class:`SamplingConfig`).
+        pad_token_id: id used for left-padding prompts and right-padding responses.
+        eos_token_id: token id(s) that end a response (plus ``cfg.stop_token_ids``); None for none.
+        tokenizer: needed only for ``cfg.stop_strings`` (``batch_decode`` or ``decode``).
+        seeds: optional per-prompt seeds (length P); see the module docstring for what they fix.
+
+    Returns:
+        Rollout with N = P*k rows, prompt p's samples in rows p*k .. p*k+k-1 (``group`` = p).
+        ``response_ids`` (N, L) right-padded with ``pad_token_id``, L = longest response;
+        ``response_mask`` True on generated tokens including the stop token;
+        ``logprobs`` raw (temperature-1, unfiltered) log-prob of each sampled token, 0 where masked;
+        ``truncated`` True where no stop happened within ``max_new_tokens``.
+    """
+    cfg.validate()
+    if not prompts:
+        raise ConfigError("generate() needs at least one prompt")
+    for i, p in enumerate(prompts):
+        if len(p) == 0:
+            raise ConfigError(f"prompt {i} is empty; every prompt needs at least one token")
+    if seeds is not None and len(seeds) != len(prompts):
+        raise ConfigError(f"seeds has {len(seeds)} entries for {len(prompts)} prompts")
+    if cfg.stop_strings and tokenizer is None:
+        raise ConfigError("sampling.stop_strings needs a tokenizer")
+
+    k = cfg.num_samples
+    n_rows = len(prompts) * k
+    stop_ids = set(cfg.stop_token_ids)
+    if eos_token_id is not None:
+        stop_ids.update([eos_token_id] if isinstance(eos_token_id, int) else eos_token_id)
+    device = _model_device(model)
+    stop_tensor = torch.tensor(sorted(stop_ids), dtype=torch.long, device=device)
+    stopper = _StopStrings(cfg.stop_strings, tokenizer) if cfg.stop_strings else None
+
+    prompt_seeds = [int(s) for s in seeds] if seeds is not None else [_mix(cfg.seed, p) for p in range(len(prompts))]
+    row_prompt = [r // k for r in range(n_rows)]
+    row_keys = [_mix(prompt_seeds[p], r % k) for r, p in enumerate(row_prompt)]
+
+    T = cfg.max_new_tokens
+    ids_out = torch.full((n_rows, T), pad_token_id, dtype=torch.long)
+    lp_out = torch.zeros(n_rows, T, dtype=torch.float32)
+    lengths = torch.full((n_rows,), T, dtype=torch.long)
+    truncated = torch.ones(n_rows, dtype=torch.bool)
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for start in range(0, n_rows, cfg.batch_size):
+                stop = min(n_rows, start + cfg.batch_size)
+                ids, lps, lens, trunc = _generate_chunk(
+                    model,
+                    [prompts[p] for p in row_prompt[start:stop]],
+                    row_keys[start:stop],
+                    cfg,
+                    pad_token_id=pad_token_id,
+                    stop_tensor=stop_tensor,
+                    stopper=stopper,
+                    device=device,
+                )
+                ids_out[start:stop] = ids.cpu()
+                lp_out[start:stop] = lps.cpu()
+                lengths[start:stop] = lens.cpu()
+                truncated[start:stop] = trunc.cpu()
+    finally:
+        model.train(was_training)
+
+    L = max(1, int(lengths.max()))
+    mask = torch.arange(L).unsqueeze(0) < lengths.unsqueeze(1)
+    return Rollout(
+        prompt_ids=[list(prompts[p]) for p in row_prompt],
+        response_ids=ids_out[:, :L].contiguous(),
+        response_mask=mask,
+        logprobs=lp_out[:, :L].masked_fill(~mask, 0.0).contiguous(),
+        group=torch.tensor(row_prompt, dtype=torch.long),
+        truncated=truncated,
+    )
+
+
+def _model_device(model) -> torch.device:
+    dev = getattr(model, "device", None)
+    if isinstance(dev, torch.device):
+        return dev
+    try:
+        return next(model.parameters()).device
+    except (StopIteration, AttributeError):
+        return torch.device("cpu")
+
+
+def _generate_chunk(model, row_prompts, row_keys, cfg: SamplingConfig, *, pad_token_id, stop_tensor, stopper, device):
+    """Decode one chunk of n rows. Returns (ids (n,T), logprobs (n,T), lengths (n,), truncated (n,))."""
+    n = len(row_prompts)
+    T = cfg.max_new_tokens
+    sampling = cfg.temperature > 0.0
+    uniforms = _row_uniforms(row_keys, T).to(device) if sampling else None
+
+    # distinct prompts of the chunk (rows of one prompt are consecutive) -> prefill each once
+    uniq: list[list[int]] = []
+    inverse: list[int] = []
+    for p in row_prompts:
+        if not uniq or p is not uniq[-1] and p != uniq[-1]:
+            uniq.append(p)
+        inverse.append(len(uniq) - 1)
+    Lp = max(len(p) for p in uniq)
+    input_ids = torch.full((len(uniq), Lp), pad_token_id, dtype=torch.long)
+    attn = torch.zeros(len(uniq), Lp, dtype=torch.long)
+    for i, p in enumerate(uniq):
+        input_ids[i, Lp - len(p):] = torch.as_tensor(p, dtype=torch.long)
+        attn[i, Lp - len(p):] = 1
+    input_ids, attn = input_ids.to(device), attn.to(device)
+    position_ids = (attn.cumsum(-1) - 1).clamp_(min=0)
+
+    cache = _make_cache(model, Lp + T)
+    kwargs = {"logits_to_keep": 1} if _accepts(model, "logits_to_keep") else {}
+    out = model(input_ids=input_ids, attention_mask=attn, position_ids=position_ids,
+                past_key_values=cache, use_cache=True, **kwargs)
+    logits = out.logits[:, -1, :]
+    cache = out.past_key_values if out.past_key_values is not None else cache
+    inv = torch.tensor(inverse, dtype=torch.long, device=device)
+    if len(uniq) != n:
+        cache = _select_rows(cache, inv)
+        logits = logits.index_select(0, inv)
+
+    # preallocated buffers (active rows only for the mask / positions)
+    mask_buf = torch.ones(n, Lp + T, dtype=attn.dtype, device=device)
+    mask_buf[:, :Lp] = attn.index_select(0, inv)
+    next_pos = position_ids[:, -1].index_select(0, inv) + 1  # (A,) position of the token being fed next
+    ids = torch.full((n, T), pad_token_id, dtype=torch.long, device=device)
+    lps = torch.zeros(n, T, dtype=torch.float32, device=device)
+    lengths = torch.full((n,), T, dtype=torch.long, device=device)
+    truncated = torch.ones(n, dtype=torch.bool, device=device)
+    active = torch.arange(n, device=device)
+    has_stops = stop_tensor.numel() > 0
+    all_done = False
+
+    for t in range(T):
+        u = uniforms[active, t] if sampling else None
+        tok = _sample(logits, u, cfg.temperature, cfg.top_k, cfg.top_p)
+        lf = logits.float()
+        logp = lf.gather(-1, tok.unsqueeze(-1)).squeeze(-1) - lf.logsumexp(dim=-1)
+        ids[active, t] = tok
+        lps[active, t] = logp
+        if t == T - 1:
+            break
+        done = torch.isin(tok, stop_tensor) if has_stops else None
+        if stopper is not None:
+            hit = stopper.hits(ids, active, t).to(device)
+            done = hit if done is None else done | hit
+        if done is not None and bool(done.any()):
+            finished = active[done]
+            lengths[finished] = t + 1
+            truncated[finished] = False
+            if bool(done.all()):
+                all_done = True
+                break
+            keep = (~done).nonzero().squeeze(-1)
+            active = active.index_select(0, keep)
+            tok = tok.index_select(0, keep)
+            next_pos = next_pos.index_select(0, keep)
+            mask_buf = mask_buf.index_select(0, keep)
+            cache = _select_rows(cache, keep)
+        out = model(input_ids=tok.unsqueeze(-1), attention_mask=mask_buf[:, : Lp + t + 1],
+                    position_ids=next_pos.unsqueeze(-1), past_key_values=cache, use_cache=True)
+        logits = out.logits[:, -1, :]
+        cache = out.past_key_values if out.past_key_values is not None else cache
+        next_pos = next_pos + 1
+
+    # a stop token / string sampled at the very last step still counts as a stop
+    if not all_done:
+        last = ids[active, T - 1]
+        done = torch.isin(last, stop_tensor) if has_stops else torch.zeros_like(last, dtype=torch.bool)
+        if stopper is not None:
+            done = done | stopper.hits(ids, active, T - 1).to(device)
+        truncated[active[done]] = False
+    return ids, lps, lengths, truncated

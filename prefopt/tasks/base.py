@@ -1,0 +1,57 @@
+"""The lab's task interface: prompts, an SFT corpus and gold rewards that are known exactly."""
+from __future__ import annotations
+
+import difflib
+from abc import ABC, abstractmethod
+from typing import Callable
+
+from prefopt.errors import ConfigError
+
+
+class Task(ABC):
+    """A controlled task whose gold reward is known.
+
+    Prompts and responses are plain text; a response is scored without its end-of-sequence token.
+    """
+
+    name: str = ""
+    objectives: tuple[str, ...] = ()
+    default_objective: str = ""
+    description: str = ""
+
+    @abstractmethod
+    def prompts(self, split: str, n: int, seed: int = 0) -> list[str]:
+        """``n`` prompts from ``split`` ("train" or "eval"; the two never share a prompt)."""
+
+    @abstractmethod
+    def sft_corpus(self, n: int, seed: int = 0) -> list[tuple[str, str]]:
+        """``n`` (prompt, response) demonstrations drawn from the task's base distribution."""
+
+    @abstractmethod
+    def gold(self, prompts: list[str], responses: list[str]) -> dict[str, list[float]]:
+        """Gold reward of each response, one list per objective (all of ``self.objectives``)."""
+
+    def tokenizer_corpus(self) -> list[str]:
+        """Text the task's tokenizer is trained on."""
+        pairs = self.sft_corpus(4000, seed=12345)
+        return [p + r for p, r in pairs]
+
+
+TASKS: dict[str, Callable[..., Task]] = {}
+
+
+def register_task(cls):
+    TASKS[cls.name] = cls
+    return cls
+
+
+def get_task(name: str, **options) -> Task:
+    """Build a lab task by name; an unknown name suggests the closest."""
+    if name not in TASKS:
+        close = difflib.get_close_matches(name, list(TASKS), n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise ConfigError(f"unknown task '{name}'{hint} (known: {', '.join(sorted(TASKS))})")
+    try:
+        return TASKS[name](**options)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"task '{name}': bad option ({exc})") from None

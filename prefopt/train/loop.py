@@ -1,0 +1,188 @@
+"""The single training loop every algorithm runs on.
+
+Per optimizer step: the algorithm supplies ``grad_accum`` micro-batches; each micro-batch's
+summed loss is divided by the step's total units before ``backward`` (so accumulation equals
+one large batch); gradients are clipped; optimizer and scheduler step; metrics are logged;
+evaluation and checkpoints happen on schedule. Ctrl-C saves a resumable checkpoint.
+"""
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from prefopt.errors import TrainingError
+from prefopt.optim import needs_create_graph
+from prefopt.train.algorithms.base import Algorithm
+from prefopt.train.checkpoint import (latest_checkpoint, load_model_weights, load_trainer_state,
+                                      rng_state, save_checkpoint, set_rng_state)
+from prefopt.train.config import LoopConfig
+from prefopt.train.metrics import MetricsLogger, peak_rss_mib
+from prefopt.train.schedule import build_scheduler
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    final_checkpoint: Path | None
+    last_metrics: dict
+    eval_metrics: dict
+    seconds: float
+
+
+def seed_everything(seed: int) -> None:
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _resume(ckpt: Path, model, optimizer, scheduler, algorithm) -> int:
+    state = load_trainer_state(ckpt)
+    load_model_weights(model, ckpt)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    algorithm.load_state_dict(state["algorithm"])
+    set_rng_state(state["rng"])
+    return int(state["step"])
+
+
+def _trainer_state(optimizer, scheduler, algorithm) -> dict:
+    return {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "algorithm": algorithm.state_dict()}
+
+
+def train(model: torch.nn.Module, algorithm: Algorithm, optimizer: torch.optim.Optimizer,
+          cfg: LoopConfig, run_dir: Path, *, tokenizer=None, logger: MetricsLogger | None = None,
+          resume: bool = False, state_bytes_fn=None,
+          evaluators: list[Callable[[torch.nn.Module], dict]] | None = None) -> TrainResult:
+    """Run ``cfg.steps`` optimizer steps of ``algorithm`` on ``model``.
+
+    ``resume`` continues from the newest checkpoint in ``run_dir`` exactly where it stopped.
+    ``state_bytes_fn(optimizer)`` reports optimizer-state bytes for the metrics.
+    ``evaluators`` are extra ``model -> metrics`` callbacks run with the algorithm's evaluation
+    (e.g. the lab's gold reward and KL), logged under ``eval/``.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    seed_everything(cfg.seed)
+    scheduler = build_scheduler(optimizer, schedule=cfg.lr_schedule, total_steps=cfg.steps,
+                                warmup_steps=cfg.warmup_steps, min_ratio=cfg.min_lr_ratio)
+    start = 0
+    if resume:
+        ckpt = latest_checkpoint(run_dir)
+        if ckpt is None:
+            raise TrainingError(f"--resume: no complete checkpoint in {run_dir}")
+        start = _resume(ckpt, model, optimizer, scheduler, algorithm)
+    own_logger = logger is None
+    logger = logger or MetricsLogger(run_dir, resume=resume)
+    params = [p for p in model.parameters() if p.requires_grad]
+    progress = _progress(cfg, start)
+    last, eval_metrics, final = {}, {}, None
+    t_start = time.perf_counter()
+    step = start
+    before: dict = {}
+    try:
+        model.train()
+        for step in range(start + 1, cfg.steps + 1):
+            # Snapshot of what a checkpoint of the previous step holds, for Ctrl-C mid-step.
+            before = {"algorithm": algorithm.state_dict(), "rng": rng_state()}
+            last = _one_step(model, algorithm, optimizer, scheduler, params, cfg, step)
+            if state_bytes_fn is not None:
+                last["memory/optimizer_state_bytes"] = float(state_bytes_fn(optimizer))
+            logger.log(last)
+            if progress is not None:
+                progress.update(1)
+                progress.set_postfix(loss=f"{last['loss']:.4f}", refresh=False)
+            if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
+                eval_metrics = _evaluate(model, algorithm, logger, step, evaluators)
+            if cfg.save_every and step % cfg.save_every == 0 and step < cfg.steps:
+                save_checkpoint(run_dir, step, model, tokenizer, _trainer_state(optimizer, scheduler, algorithm),
+                                cfg.keep_checkpoints)
+        eval_metrics = _evaluate(model, algorithm, logger, step, evaluators)
+        if step > start or latest_checkpoint(run_dir) is None:
+            final = save_checkpoint(run_dir, step, model, tokenizer,
+                                    _trainer_state(optimizer, scheduler, algorithm), cfg.keep_checkpoints)
+        else:
+            final = latest_checkpoint(run_dir)
+    except KeyboardInterrupt:
+        # Save the last completed step so `--resume` continues from there.
+        state = _trainer_state(optimizer, scheduler, algorithm)
+        done = step
+        if last.get("step") != step:  # interrupted inside step: roll the data position back
+            done = step - 1
+            optimizer.zero_grad(set_to_none=True)
+            state.update(before)
+        if done > start:
+            save_checkpoint(run_dir, done, model, tokenizer, state, cfg.keep_checkpoints)
+        raise
+    finally:
+        if progress is not None:
+            progress.close()
+        if own_logger:
+            logger.close()
+    return TrainResult(step, final, last, eval_metrics, time.perf_counter() - t_start)
+
+
+def _progress(cfg: LoopConfig, start: int):
+    if not cfg.progress:
+        return None
+    from tqdm.auto import tqdm
+    return tqdm(total=cfg.steps, initial=start, desc="train", unit="step", dynamic_ncols=True)
+
+
+def _one_step(model, algorithm: Algorithm, optimizer, scheduler, params, cfg: LoopConfig, step: int) -> dict:
+    t0 = time.perf_counter()
+    batches = algorithm.next_batches(model, cfg.grad_accum)
+    model.train()
+    total_units = sum(algorithm.units(b) for b in batches)
+    if total_units <= 0:
+        raise TrainingError(f"step {step}: the batches hold no training units")
+    create_graph = needs_create_graph(optimizer)  # Sophia's Hessian estimate needs it on some steps
+    loss_total, tokens = 0.0, 0
+    sums: dict[str, float] = {}
+    for i, batch in enumerate(batches):
+        out = algorithm.compute_loss(model, batch)
+        if not torch.isfinite(out.loss):
+            raise TrainingError(f"non-finite loss ({float(out.loss.detach())}) at step {step}, micro-batch {i}; "
+                                "lower the learning rate or check the data")
+        (out.loss / total_units).backward(create_graph=create_graph)
+        loss_total += float(out.loss.detach())
+        tokens += out.tokens
+        weight = algorithm.units(batch) / total_units
+        for k, v in out.metrics.items():
+            sums[k] = sums.get(k, 0.0) + float(v) * weight
+    grad_norm = float("nan")
+    if cfg.max_grad_norm > 0:
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
+        if not math.isfinite(grad_norm):
+            raise TrainingError(f"non-finite gradient norm at step {step}; lower the learning rate")
+    lr = optimizer.param_groups[0]["lr"]
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    dt = time.perf_counter() - t0
+    record = {"step": step, "loss": loss_total / total_units, "lr": lr, "grad_norm": grad_norm,
+              "time/step_s": dt, "tokens/s": tokens / dt if dt > 0 else 0.0,
+              "memory/peak_rss_mib": peak_rss_mib()}
+    record.update(sums)
+    record.update(algorithm.step_metrics())
+    return record
+
+
+def _evaluate(model, algorithm: Algorithm, logger: MetricsLogger, step: int, evaluators) -> dict:
+    metrics = algorithm.evaluate(model)
+    for evaluator in evaluators or []:
+        metrics.update(evaluator(model))
+    if metrics:
+        logger.log({"step": step, **{f"eval/{k}": v for k, v in metrics.items()}})
+    model.train()
+    return metrics

@@ -1,0 +1,63 @@
+"""Metrics sinks: ``metrics.jsonl`` every step, plus TensorBoard and W&B when configured."""
+from __future__ import annotations
+
+import json
+import math
+import resource
+from pathlib import Path
+
+import torch
+
+
+def peak_rss_mib() -> float:
+    """Peak resident set size of this process in MiB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def to_float(value) -> float:
+    if isinstance(value, torch.Tensor):
+        return float(value.detach().float().mean()) if value.numel() else float("nan")
+    return float(value)
+
+
+class MetricsLogger:
+    """Appends one JSON object per record to ``<run_dir>/metrics.jsonl`` and mirrors to optional sinks."""
+
+    def __init__(self, run_dir: Path, *, tensorboard: bool = False, wandb_project: str | None = None,
+                 run_name: str = "", config: dict | None = None, resume: bool = False):
+        self.path = Path(run_dir) / "metrics.jsonl"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = self.path.open("a" if resume else "w", encoding="utf-8")
+        self._tb = None
+        self._wandb = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+            self._tb = SummaryWriter(str(Path(run_dir) / "tensorboard"))
+        if wandb_project:
+            import wandb
+            self._wandb = wandb.init(project=wandb_project, name=run_name, config=config or {}, resume="allow")
+
+    def log(self, record: dict) -> None:
+        clean = {k: (to_float(v) if not isinstance(v, str) else v) for k, v in record.items()}
+        self._fh.write(json.dumps({k: (v if not isinstance(v, float) or math.isfinite(v) else str(v))
+                                   for k, v in clean.items()}) + "\n")
+        self._fh.flush()
+        step = int(clean.get("step", 0))
+        if self._tb is not None:
+            for k, v in clean.items():
+                if k != "step" and isinstance(v, float):
+                    self._tb.add_scalar(k, v, step)
+        if self._wandb is not None:
+            self._wandb.log({k: v for k, v in clean.items() if k != "step"}, step=step)
+
+    def close(self) -> None:
+        self._fh.close()
+        if self._tb is not None:
+            self._tb.close()
+        if self._wandb is not None:
+            self._wandb.finish()
+
+
+def read_metrics(path: Path) -> list[dict]:
+    with Path(path).open(encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]

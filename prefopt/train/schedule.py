@@ -1,0 +1,30 @@
+"""Learning-rate schedules: constant, linear or cosine decay, each with linear warmup."""
+from __future__ import annotations
+
+import math
+
+SCHEDULES = ("constant", "linear", "cosine")
+
+
+def lr_factor(step: int, *, schedule: str, total_steps: int, warmup_steps: int = 0,
+              min_ratio: float = 0.0) -> float:
+    """Multiplier of the base LR after ``step`` optimizer steps (0-based: step 0 is the first update)."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "constant":
+        return 1.0
+    decay_steps = max(1, total_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / decay_steps)
+    if schedule == "linear":
+        return min_ratio + (1.0 - min_ratio) * (1.0 - progress)
+    if schedule == "cosine":
+        return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    raise ValueError(f"unknown schedule '{schedule}' (known: {', '.join(SCHEDULES)})")
+
+
+def build_scheduler(optimizer, *, schedule: str, total_steps: int, warmup_steps: int = 0,
+                    min_ratio: float = 0.0):
+    import torch
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(
+        s, schedule=schedule, total_steps=total_steps, warmup_steps=warmup_steps, min_ratio=min_ratio))
