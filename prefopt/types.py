@@ -98,3 +98,26 @@ class Rollout:
 
     def __len__(self) -> int:
         return int(self.response_ids.shape[0])
+
+
+@dataclass
+class FeedbackBatch:
+    """B unpaired examples with binary feedback (KTO), plus B mismatched pairs for the KL baseline.
+
+    sequences: SequenceBatch of B (prompt_i, completion_i) rows.
+    kl_sequences: SequenceBatch of B (prompt_i, completion_j), j != i: mismatched pairs whose mean
+        log-ratio estimates KL(policy || reference).
+    labels: (B,) bool, True where completion i is desirable.
+    index: (B,) long, dataset row of each example (keys the reference cache).
+    ref_logps / ref_kl_logps: (B,) float, precomputed reference summed log-probs, else None.
+    """
+
+    sequences: SequenceBatch
+    kl_sequences: SequenceBatch
+    labels: torch.Tensor
+    index: torch.Tensor
+    ref_logps: torch.Tensor | None = None
+    ref_kl_logps: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.sequences)

@@ -21,3 +21,18 @@ class DataConfig:
     on_bad_row: Literal["error", "skip"] = field(default="error", metadata={"help": (
         "'error' stops at the first malformed row naming file, row and field; 'skip' drops and counts them.")})
     shuffle: bool = field(default=True, metadata={"help": "Shuffle training examples each epoch (seeded)."})
+    format: Literal["auto", "jsonl", "json", "parquet", "csv", "tsv", "datasets"] = field(default="auto", metadata={"help": (
+        "Format of data.path: by default from the suffix; a directory (datasets.save_to_disk or data files) or a "
+        "hub name loads through `datasets`.")})
+    split: str | None = field(default=None, metadata={"help": (
+        "Split of a `datasets` source for training, e.g. 'train' or 'train[:1000]' (default: the only or 'train').")})
+    eval_split: str | None = field(default=None, metadata={"help": (
+        "Split of the same source used for evaluation, e.g. 'test' (default: eval_path, else a slice of training).")})
+    columns: dict = field(default_factory=dict, metadata={"help": (
+        "Column mapping, schema field -> source column, e.g. {prompt: question, chosen: good, rejected: bad}. "
+        "Fields: prompt, chosen, rejected, completion, label, weight, margin, messages.")})
+    score_columns: dict = field(default_factory=dict, metadata={"help": (
+        "Per-objective score columns: objective -> [chosen column, rejected column] (pairwise) or column (unpaired).")})
+    chat_template: str | None = field(default=None, metadata={"help": (
+        "Chat template for conversational rows when the tokenizer has none (or to replace it): 'simple', "
+        "a Jinja file, or Jinja text.")})

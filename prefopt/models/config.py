@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 
 @dataclass
@@ -15,3 +16,30 @@ class ModelConfig:
     dtype: str = field(default="float32", metadata={"help": "Parameter dtype: float32, bfloat16 or float16."})
     init_seed: int = field(default=0, metadata={"help": "Seed for the random initialization of tiny models."})
     max_positions: int = field(default=256, metadata={"help": "Context length of tiny models."})
+
+
+@dataclass
+class LoraConfig:
+    """LoRA / QLoRA adapters through PEFT (off unless ``enabled``)."""
+
+    enabled: bool = field(default=False, metadata={"help": "Train LoRA adapters instead of all weights."})
+    r: int = field(default=8, metadata={"help": "LoRA rank."})
+    alpha: float = field(default=16.0, metadata={"help": "LoRA scaling numerator (scale = alpha / r)."})
+    dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA input."})
+    target_modules: list[str] | str = field(default="all-linear", metadata={"help": (
+        "Modules that get adapters: 'all-linear' (every linear layer but the output head) or a list of "
+        "module names, e.g. [q_proj, v_proj].")})
+    modules_to_save: list[str] = field(default_factory=list, metadata={"help": (
+        "Modules trained and saved in full next to the adapters (e.g. [score] for a reward head).")})
+    quantize: Literal["none", "4bit", "8bit"] = field(default="none", metadata={"help": (
+        "QLoRA: load the frozen base weights in 4-bit NF4 or 8-bit (needs bitsandbytes; not for tiny models).")})
+    save: Literal["adapter", "merged", "both"] = field(default="adapter", metadata={"help": (
+        "What a finished run keeps: the adapter checkpoints, a merged full model in <run>/merged, or both.")})
+
+    def validate(self) -> None:
+        if self.r < 1:
+            raise ValueError(f"r: got {self.r}, expected >= 1")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout: got {self.dropout}, expected 0 <= dropout < 1")
+        if isinstance(self.target_modules, str) and self.target_modules != "all-linear":
+            self.target_modules = [self.target_modules]

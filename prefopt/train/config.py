@@ -5,8 +5,10 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from prefopt.data.config import DataConfig
-from prefopt.models.config import ModelConfig
+from prefopt.models.config import LoraConfig, ModelConfig
 from prefopt.optim.config import OptimConfig
+from prefopt.rollout.engine import SamplingConfig
+from prefopt.train.online_config import OnlineConfig
 
 
 @dataclass
@@ -30,12 +32,38 @@ class LoopConfig:
 
 @dataclass
 class AlgoConfig:
-    name: str = field(default="dpo", metadata={"help": "Algorithm: sft, dpo (any pairwise loss below)."})
+    name: str = field(default="dpo", metadata={"help": (
+        "Algorithm: sft, dpo (any pairwise loss below); online: rloo, grpo, dr_grpo, dapo, remax, reinforce_pp, "
+        "ppo, online_dpo, iterative_dpo, raft.")})
     loss: str = field(default="dpo", metadata={"help": "Pairwise loss for preference algorithms (dpo, ipo, simpo, ...)."})
     beta: float = field(default=0.1, metadata={"help": "KL strength β of preference losses."})
     loss_hparams: dict = field(default_factory=dict, metadata={"help": "Extra hyper-parameters of the loss, e.g. {label_smoothing: 0.1}."})
-    reference: Literal["copy", "none"] = field(default="copy", metadata={"help": (
-        "Reference policy: 'copy' (frozen copy of the initial policy) or 'none' (reference-free losses).")})
+    reference: Literal["copy", "lora", "precomputed", "none"] = field(default="copy", metadata={"help": (
+        "Reference policy: 'copy' (frozen copy of the initial policy), 'lora' (the policy with its LoRA adapters "
+        "disabled), 'precomputed' (reference log-probs computed in one pass before training and cached on disk "
+        "under $PREFOPT_CACHE, so no reference model stays in memory) or 'none' (reference-free losses).")})
+    loss_weights: dict = field(default_factory=dict, metadata={"help": (
+        "Combine pairwise losses: {name: weight, ...}, e.g. {dpo: 1.0, bco_pair: 0.5}; replaces algo.loss. "
+        "loss_hparams is then keyed by loss name, e.g. {bco_pair: {delta: 0.0}}.")})
+
+
+@dataclass
+class RewardConfig:
+    ensemble_size: int = field(default=1, metadata={"help": "Members of the reward ensemble (1 = a single reward model)."})
+    ensemble_kind: Literal["models", "heads"] = field(default="models", metadata={"help": (
+        "'models': k separate models (own seed and data order); 'heads': k heads on one shared backbone.")})
+    bootstrap: bool = field(default=False, metadata={"help": (
+        "Train each member on a bootstrap resample of the pairs (for heads: Poisson(1) per-pair weights).")})
+    aggregation: Literal["mean", "min", "uwo"] = field(default="mean", metadata={"help": (
+        "How a scorer combines members: mean, worst-case 'min' (WCO), or 'uwo' = mean - uwo_lambda * variance.")})
+    uwo_lambda: float = field(default=1.0, metadata={"help": "λ of uncertainty-weighted aggregation."})
+    margin: float = field(default=0.0, metadata={"help": (
+        "Constant margin in -log σ(r_w - r_l - margin); a 'margin' data column adds a per-pair one.")})
+    objective: str = field(default="reward", metadata={"help": "Name of the reward the saved scorer returns."})
+
+    def validate(self) -> None:
+        if self.ensemble_size < 1:
+            raise ValueError(f"ensemble_size: got {self.ensemble_size}, expected >= 1")
 
 
 @dataclass
@@ -47,5 +75,12 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig, metadata={"help": "Optimizer and learning rate."})
     train: LoopConfig = field(default_factory=LoopConfig, metadata={"help": "The training loop."})
     algo: AlgoConfig = field(default_factory=AlgoConfig, metadata={"help": "Algorithm, loss and reference."})
+    rollout: SamplingConfig = field(default_factory=SamplingConfig, metadata={"help": (
+        "Sampling of online algorithms' responses (num_samples is set from online.num_generations).")})
+    online: OnlineConfig = field(default_factory=OnlineConfig, metadata={"help": (
+        "Online algorithms: rewards, advantages, KL, PPO and round settings.")})
+    lora: LoraConfig = field(default_factory=LoraConfig, metadata={"help": "LoRA / QLoRA adapters (PEFT)."})
+    reward: RewardConfig = field(default_factory=RewardConfig, metadata={"help": (
+        "Reward-model training (algo.name: reward_model): ensemble size and kind, aggregation.")})
     output_dir: str = field(default="runs", metadata={"help": "Runs are written to <output_dir>/<run_name>."})
     run_name: str | None = field(default=None, metadata={"help": "Run folder name; default '<algo>-<timestamp>'."})

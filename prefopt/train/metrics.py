@@ -38,14 +38,15 @@ class MetricsLogger:
             self._wandb = wandb.init(project=wandb_project, name=run_name, config=config or {}, resume="allow")
 
     def log(self, record: dict) -> None:
-        clean = {k: (to_float(v) if not isinstance(v, str) else v) for k, v in record.items()}
+        clean = {k: (v if isinstance(v, (str, int)) and not isinstance(v, bool) else to_float(v))
+                 for k, v in record.items()}
         self._fh.write(json.dumps({k: (v if not isinstance(v, float) or math.isfinite(v) else str(v))
                                    for k, v in clean.items()}) + "\n")
         self._fh.flush()
         step = int(clean.get("step", 0))
         if self._tb is not None:
             for k, v in clean.items():
-                if k != "step" and isinstance(v, float):
+                if k != "step" and isinstance(v, (int, float)):
                     self._tb.add_scalar(k, v, step)
         if self._wandb is not None:
             self._wandb.log({k: v for k, v in clean.items() if k != "step"}, step=step)
