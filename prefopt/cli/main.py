@@ -41,6 +41,12 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("tasks", help="list the lab tasks")
 
+    from prefopt.cli.compare import CompareConfig
+    c = sub.add_parser("compare", help="train every P0 offline loss on reviews under label noise and tabulate",
+                       formatter_class=fmt, epilog=_config_help(CompareConfig))
+    c.add_argument("overrides", nargs="*", help="key=value overrides, e.g. steps=30 'losses=[dpo,ipo]'")
+    c.add_argument("--out", help="output directory (default runs/compare-<timestamp>)")
+
     data = sub.add_parser("data", help="datasets for the lab")
     dsub = data.add_subparsers(dest="data_command", required=True)
     mk = dsub.add_parser("make", help="sample preference pairs from a model and label them by a gold objective",
@@ -125,7 +131,22 @@ def cmd_data_make(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "demo": cmd_demo, "tasks": cmd_tasks}
+def cmd_compare(args) -> int:
+    from prefopt.cli.compare import CompareConfig, run_compare
+    from prefopt.cli.config import load_config
+
+    cfg = load_config(CompareConfig, None, args.overrides)
+    summary = run_compare(cfg, Path(args.out) if args.out else None)
+    print(_compare_text(summary))
+    return 0
+
+
+def _compare_text(summary: dict) -> str:
+    from prefopt.cli.compare import markdown_table
+    return markdown_table(summary) + f"\nwall time {summary['seconds']['total']} s"
+
+
+COMMANDS = {"train": cmd_train, "demo": cmd_demo, "tasks": cmd_tasks, "compare": cmd_compare}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from prefopt.cli.builders import build_algorithm
+from prefopt.cli.builders import build_algorithm, build_model, finish_run
 from prefopt.cli.config import to_dict
 from prefopt.errors import ConfigError
 from prefopt.models.loading import load_model, load_tokenizer
@@ -58,6 +58,7 @@ class RunOutput:
     run_dir: Path
     result: TrainResult
     data_stats: dict
+    optimizer: torch.optim.Optimizer | None = None  # after training, e.g. for optimizer_state_bytes(params=...)
 
 
 def run_dir_for(cfg: TrainConfig) -> Path:
@@ -72,8 +73,11 @@ def run_train(cfg: TrainConfig, *, resume: bool = False, run_dir: Path | None = 
     if resume and not run_dir.exists():
         raise ConfigError(f"--resume: run directory {run_dir} does not exist")
     torch.manual_seed(cfg.train.seed)
+    if cfg.optim.name == "sophia" and cfg.model.attn_implementation in (None, "sdpa"):
+        # Sophia's Hessian estimate backpropagates twice; SDPA kernels have no double backward.
+        cfg.model.attn_implementation = "eager"
     tokenizer = resolve_tokenizer(cfg)
-    model = load_model(cfg.model, tokenizer)
+    model = build_model(cfg, tokenizer)  # the policy (LoRA applied per cfg.lora) or e.g. a reward model
     algorithm, stats = build_algorithm(cfg, model, tokenizer)
     optimizer = build_optimizer(model, cfg.optim)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -88,4 +92,5 @@ def run_train(cfg: TrainConfig, *, resume: bool = False, run_dir: Path | None = 
                        evaluators=evaluators)
     finally:
         logger.close()
-    return RunOutput(run_dir, result, stats)
+    finish_run(cfg, model, tokenizer, run_dir, result)  # e.g. a merged LoRA model
+    return RunOutput(run_dir, result, stats, optimizer)

@@ -445,9 +445,10 @@ def _normalize(row: dict, schema: str) -> dict:
         out["margin"] = _number("margin", row["margin"])
     if row.get("scores") is not None:
         out["scores"] = _scores(row["scores"], paired=schema == "pairwise")
-    for k, v in row.items():  # keep extra columns (e.g. the lab's "flipped") for callers
-        if k not in out and k not in SCHEMAS[schema] and k != "_columns":
-            out.setdefault("extra", {})[k] = v
+    consumed = set(SCHEMAS[schema]) | set(TEXT_FIELDS) | set(OPTIONAL_FIELDS) | {"_columns", "messages"}
+    extra = {k: v for k, v in row.items() if k not in consumed}  # e.g. the lab's "flipped"
+    if extra:
+        out["extra"] = extra
     return out
 
 

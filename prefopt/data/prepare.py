@@ -34,6 +34,7 @@ class EncodeStats:
     identical_pairs: int = 0
     empty_responses: int = 0
     conversational: int = 0
+    margins: list = field(default_factory=list)  # pairwise: each kept pair's 'margin' value or None
 
     def metrics(self, prefix: str = "data/") -> dict[str, float]:
         return {f"{prefix}examples": self.examples, f"{prefix}truncated": self.truncated,
@@ -105,6 +106,7 @@ def encode_pairwise(tokenizer, rows: list[dict], *, max_length: int, max_prompt_
                                              max_length, max_prompt_length)
         scores = {k: (float(v[0]), float(v[1])) for k, v in (r.get("scores") or {}).items()}
         out.append(EncodedPair(p, c, rj, start_index + len(out), float(r.get("weight", 1.0)), scores, truncated))
+        stats.margins.append(r.get("margin"))
         stats.truncated += truncated
         stats.conversational += bool(r.get("conversational"))
     stats.examples = len(out)

@@ -16,6 +16,9 @@ class ModelConfig:
     dtype: str = field(default="float32", metadata={"help": "Parameter dtype: float32, bfloat16 or float16."})
     init_seed: int = field(default=0, metadata={"help": "Seed for the random initialization of tiny models."})
     max_positions: int = field(default=256, metadata={"help": "Context length of tiny models."})
+    attn_implementation: str | None = field(default=None, metadata={"help": (
+        "Attention kernel ('eager', 'sdpa', ...); default: transformers' choice. "
+        "The sophia optimizer needs 'eager' (double backward) and selects it itself.")})
 
 
 @dataclass

@@ -39,6 +39,10 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
     return tok
 
 
+def _attn_kwargs(cfg: ModelConfig) -> dict:
+    return {"attn_implementation": cfg.attn_implementation} if cfg.attn_implementation else {}
+
+
 def load_model(cfg: ModelConfig, tokenizer=None):
     """The policy model described by ``cfg`` (tiny models need ``tokenizer`` for their vocabulary)."""
     from transformers import AutoModelForCausalLM
@@ -52,14 +56,14 @@ def load_model(cfg: ModelConfig, tokenizer=None):
                              max_positions=cfg.max_positions)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.init_seed)
-            model = AutoModelForCausalLM.from_config(config)
+            model = AutoModelForCausalLM.from_config(config, **_attn_kwargs(cfg))
         return model.to(dtype)
     _check_local(cfg.name_or_path, "model")
     if Path(cfg.name_or_path).exists() and not (Path(cfg.name_or_path) / "config.json").exists():
         raise PrefoptError(f"cannot load model '{cfg.name_or_path}': the directory has no config.json")
     try:
         return AutoModelForCausalLM.from_pretrained(
-            cfg.name_or_path, trust_remote_code=cfg.trust_remote_code, dtype=dtype)
+            cfg.name_or_path, trust_remote_code=cfg.trust_remote_code, dtype=dtype, **_attn_kwargs(cfg))
     except (OSError, ValueError) as exc:
         raise PrefoptError(f"cannot load model '{cfg.name_or_path}': {str(exc).splitlines()[0]}") from exc
 

@@ -18,13 +18,18 @@ VALUE_HEAD = "value_head"
 
 
 class ValueHead(nn.Module):
-    """V(s_t) = w · h_t + b on the last hidden state h_t (B, T, H) -> (B, T), in fp32."""
+    """V(s_t) = w · h_t + b on the last hidden state h_t (B, T, H) -> (B, T), in fp32.
 
-    def __init__(self, hidden_size: int):
+    With ``backbone`` (a separate critic model, e.g. a copy of the policy) h_t comes from the
+    backbone's own forward instead of the policy's hidden states.
+    """
+
+    def __init__(self, hidden_size: int, backbone: nn.Module | None = None):
         super().__init__()
         self.linear = nn.Linear(hidden_size, 1)
         nn.init.zeros_(self.linear.weight)
         nn.init.zeros_(self.linear.bias)
+        self.backbone = backbone
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.linear(hidden.to(self.linear.weight.dtype)).squeeze(-1)
@@ -53,8 +58,11 @@ def _ignore_missing(module, incompatible_keys):
                                          if not (k == VALUE_HEAD or f"{VALUE_HEAD}." in k)]
 
 
-def attach_value_head(model: nn.Module) -> ValueHead:
+def attach_value_head(model: nn.Module, separate: bool = False) -> ValueHead:
     """Give ``model`` a zero-initialized value head (idempotent) and return it.
+
+    ``separate``: the critic gets its own trunk, a copy of the policy as it is now (the standard
+    PPO setup with a critic model; twice the trainable parameters) instead of sharing the policy's.
 
     The head's parameters appear in ``model.parameters()`` but not in ``model.state_dict()``;
     loading a policy state dict without them is not an error. Save the head with
@@ -64,7 +72,12 @@ def attach_value_head(model: nn.Module) -> ValueHead:
     if isinstance(existing, ValueHead):
         return existing
     param = next(model.parameters())
-    head = ValueHead(_hidden_size(model)).to(device=param.device)
+    backbone = None
+    if separate:
+        import copy
+        backbone = copy.deepcopy(model)
+        backbone.train(model.training)
+    head = ValueHead(_hidden_size(model), backbone).to(device=param.device)
     model.add_module(VALUE_HEAD, head)
     model.register_state_dict_post_hook(_drop_from_state_dict)
     model.register_load_state_dict_post_hook(_ignore_missing)
@@ -79,6 +92,17 @@ def get_value_head(model: nn.Module) -> ValueHead | None:
 def _entropy(logits: torch.Tensor) -> torch.Tensor:
     from prefopt.losses.rl import entropy_from_logits
     return entropy_from_logits(logits)
+
+
+def _device(model: nn.Module, default: torch.device) -> torch.device:
+    for m in (model, getattr(model, "policy", None)):  # `policy`: adapter-disabled references own no parameters
+        if m is None:
+            continue
+        try:
+            return next(m.parameters()).device
+        except StopIteration:
+            continue
+    return default
 
 
 def response_forward(model: nn.Module, prompt_ids: list[list[int]], response_ids: torch.Tensor,
@@ -97,11 +121,7 @@ def response_forward(model: nn.Module, prompt_ids: list[list[int]], response_ids
     mask = response_mask.to(torch.bool)
     lengths = mask.sum(-1).tolist()
     rows = [(list(p), response_ids[i, :n].tolist()) for i, (p, n) in enumerate(zip(prompt_ids, lengths))]
-    device = response_ids.device
-    try:
-        device = next(model.parameters()).device
-    except StopIteration:
-        pass
+    device = _device(model, response_ids.device)
     batch = collate_sequences(rows, pad_id).to(device)
     B, L = response_ids.shape
     plen = torch.tensor([len(p) for p in prompt_ids], device=device)
@@ -112,8 +132,9 @@ def response_forward(model: nn.Module, prompt_ids: list[list[int]], response_ids
     head = get_value_head(model) if values else None
     if values and head is None:
         raise ValueError("response_forward(values=True) needs a value head (attach_value_head)")
+    shared = head is not None and head.backbone is None
     out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False,
-                output_hidden_states=values, **kwargs)
+                output_hidden_states=shared, **kwargs)
     logits = out.logits[:, -keep:-1]  # (B, T - first, V): column c predicts position first + c
     labels = batch.input_ids[:, first:]
     # response token j of row i sits at position plen_i + j -> column plen_i - first + j
@@ -127,7 +148,13 @@ def response_forward(model: nn.Module, prompt_ids: list[list[int]], response_ids
             ent = _entropy(logits.detach()).gather(1, cols)
         result["entropy"] = torch.where(mask_d, ent, torch.zeros((), device=device))
     if head is not None:
-        hidden = out.hidden_states[-1][:, first - 1:T - 1]  # the state each label is predicted from
+        if shared:
+            hidden_states = out.hidden_states[-1]
+        else:
+            critic_kwargs = {"logits_to_keep": 1} if _supports_logits_to_keep(head.backbone) else {}
+            hidden_states = head.backbone(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                                          use_cache=False, output_hidden_states=True, **critic_kwargs).hidden_states[-1]
+        hidden = hidden_states[:, first - 1:T - 1]  # the state each label is predicted from
         vals = head(hidden).gather(1, cols)
         result["values"] = torch.where(mask_d, vals, torch.zeros((), device=device))
     return result

@@ -1,4 +1,4 @@
-"""Low-rank projected optimizers (GaLore, APOLLO) with checkpointable projectors.
+"""Checkpointable projectors for low-rank projected optimizers, and GaLore.
 
 Both upstream implementations keep a Python *projector object* (holding the
 projection matrix and, for APOLLO, the seed of the next random projection) in
@@ -17,12 +17,6 @@ from __future__ import annotations
 import torch
 from pytorch_optimizer import GaLore as _GaLore
 from pytorch_optimizer.optimizer.utils.galore import GaLoreProjector as _GaLoreProjector
-
-from prefopt.optim._imports import quiet_bitsandbytes
-
-with quiet_bitsandbytes():  # apollo_torch imports bitsandbytes at package import
-    from apollo_torch import APOLLOAdamW as _ApolloAdamW
-    from apollo_torch.random_projector import GradientProjector as _ApolloProjector
 
 
 class _ProjectorStateDictMixin:
@@ -91,33 +85,4 @@ class GaLoreAdamW(_ProjectorStateDictMixin, _GaLore):
         )
         proj.ortho_matrix = _unpack_ortho(saved)
         proj.last_svd_step = int(saved["last_svd_step"])
-        return proj
-
-
-class APOLLO(_ProjectorStateDictMixin, _ApolloAdamW):
-    """The APOLLO authors' ``apollo_torch.APOLLOAdamW`` (random projection, channel/tensor scaling).
-
-    Groups carrying ``rank``, ``proj``, ``proj_type``, ``update_proj_gap``,
-    ``scale`` and ``scale_type`` get APOLLO's scaled-SGD update; the rest get
-    AdamW. The random projection of each matrix is regenerated every
-    ``update_proj_gap`` steps from a per-parameter seed chain; the current matrix
-    *and* the next seed are saved in the state dict, so resumed runs draw the
-    same projections.
-    """
-
-    def _projector_to_state(self, projector: _ApolloProjector) -> dict:
-        out = {"seed": int(projector.seed), "svd_count": int(projector.svd_count)}
-        _pack_ortho(projector.ortho_matrix, out)
-        return out
-
-    def _projector_from_state(self, saved: dict, group: dict) -> _ApolloProjector:
-        proj = _ApolloProjector(
-            group["rank"],
-            update_proj_gap=group["update_proj_gap"],
-            scale=group["scale"],
-            proj_type=group["proj_type"],
-            seed=int(saved["seed"]),
-        )
-        proj.ortho_matrix = _unpack_ortho(saved)
-        proj.svd_count = int(saved["svd_count"])
         return proj

@@ -24,7 +24,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from prefopt.optim.config import OptimConfig
 
-_MISSING = object()
 
 
 @dataclass(frozen=True)
@@ -211,7 +210,7 @@ def _build_galore(groups, cfg, opts):
 
 
 def _build_apollo(groups, cfg, opts):
-    from prefopt.optim.projected import APOLLO
+    from prefopt.optim.apollo import APOLLO
 
     proj = {
         "rank": opts["rank"],

@@ -427,7 +427,7 @@ def _generate_chunk(model, row_prompts, row_keys, cfg: SamplingConfig, *, pad_to
     uniq: list[list[int]] = []
     inverse: list[int] = []
     for p in row_prompts:
-        if not uniq or p is not uniq[-1] and p != uniq[-1]:
+        if not uniq or (p is not uniq[-1] and p != uniq[-1]):
             uniq.append(p)
         inverse.append(len(uniq) - 1)
     Lp = max(len(p) for p in uniq)
@@ -460,7 +460,6 @@ def _generate_chunk(model, row_prompts, row_keys, cfg: SamplingConfig, *, pad_to
     truncated = torch.ones(n, dtype=torch.bool, device=device)
     active = torch.arange(n, device=device)
     has_stops = stop_tensor.numel() > 0
-    all_done = False
 
     for t in range(T):
         u = uniforms[active, t] if sampling else None
@@ -469,19 +468,18 @@ def _generate_chunk(model, row_prompts, row_keys, cfg: SamplingConfig, *, pad_to
         logp = lf.gather(-1, tok.unsqueeze(-1)).squeeze(-1) - lf.logsumexp(dim=-1)
         ids[active, t] = tok
         lps[active, t] = logp
-        if t == T - 1:
-            break
         done = torch.isin(tok, stop_tensor) if has_stops else None
         if stopper is not None:
             hit = stopper.hits(ids, active, t).to(device)
             done = hit if done is None else done | hit
-        if done is not None and bool(done.any()):
+        any_done = done is not None and bool(done.any())
+        if any_done:
             finished = active[done]
             lengths[finished] = t + 1
             truncated[finished] = False
-            if bool(done.all()):
-                all_done = True
-                break
+        if t == T - 1 or (any_done and bool(done.all())):
+            break
+        if any_done:  # drop finished rows: they cost nothing from here on
             keep = (~done).nonzero().squeeze(-1)
             active = active.index_select(0, keep)
             tok = tok.index_select(0, keep)
@@ -493,12 +491,4 @@ def _generate_chunk(model, row_prompts, row_keys, cfg: SamplingConfig, *, pad_to
         logits = out.logits[:, -1, :]
         cache = out.past_key_values if out.past_key_values is not None else cache
         next_pos = next_pos + 1
-
-    # a stop token / string sampled at the very last step still counts as a stop
-    if not all_done:
-        last = ids[active, T - 1]
-        done = torch.isin(last, stop_tensor) if has_stops else torch.zeros_like(last, dtype=torch.bool)
-        if stopper is not None:
-            done = done | stopper.hits(ids, active, T - 1).to(device)
-        truncated[active[done]] = False
     return ids, lps, lengths, truncated

@@ -73,6 +73,9 @@ def load_trainer_state(ckpt: Path) -> dict:
 def load_model_weights(model, ckpt: Path) -> None:
     """Load the checkpoint's weights into ``model`` in place (works for plain and PEFT models)."""
     model_dir = Path(ckpt) / "model"
+    if hasattr(model, "load_checkpoint_dir"):  # models with their own layout (e.g. a reward ensemble)
+        model.load_checkpoint_dir(model_dir)
+        return
     if hasattr(model, "load_adapter") and (model_dir / "adapter_model.safetensors").exists():
         from peft import set_peft_model_state_dict
         from safetensors.torch import load_file

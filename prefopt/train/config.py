@@ -48,6 +48,16 @@ class AlgoConfig:
 
 
 @dataclass
+class PerfConfig:
+    prefix_sharing: bool = field(default=True, metadata={"help": (
+        "Preference pairs: compute each prompt once and let chosen and rejected attend to it (one forward over "
+        "[prompt, chosen, rejected] with a block attention mask). Exact; needs sdpa or eager attention.")})
+    padding_free: bool = field(default=True, metadata={"help": (
+        "Pack several pairs/sequences per row instead of padding every row to the longest. Exact; needs sdpa or "
+        "eager attention (other models fall back to padded rows).")})
+
+
+@dataclass
 class RewardConfig:
     ensemble_size: int = field(default=1, metadata={"help": "Members of the reward ensemble (1 = a single reward model)."})
     ensemble_kind: Literal["models", "heads"] = field(default="models", metadata={"help": (
@@ -75,6 +85,8 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig, metadata={"help": "Optimizer and learning rate."})
     train: LoopConfig = field(default_factory=LoopConfig, metadata={"help": "The training loop."})
     algo: AlgoConfig = field(default_factory=AlgoConfig, metadata={"help": "Algorithm, loss and reference."})
+    perf: PerfConfig = field(default_factory=PerfConfig, metadata={"help": (
+        "Exact speed-ups of the training forward pass (prefix sharing, padding-free packing).")})
     rollout: SamplingConfig = field(default_factory=SamplingConfig, metadata={"help": (
         "Sampling of online algorithms' responses (num_samples is set from online.num_generations).")})
     online: OnlineConfig = field(default_factory=OnlineConfig, metadata={"help": (

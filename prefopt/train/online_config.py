@@ -95,6 +95,9 @@ class OnlineConfig:
     lam: float = field(default=0.95, metadata={"help": "GAE λ (ppo)."})
     vf_coef: float = field(default=0.1, metadata={"help": "Value-loss weight (ppo)."})
     vf_clip: float | None = field(default=0.2, metadata={"help": "Value clipping range around the old values (ppo); null = off."})
+    critic: Literal["shared", "separate"] = field(default="shared", metadata={"help": (
+        "PPO critic: 'shared' = a linear value head on the policy's last hidden state; 'separate' = its own "
+        "trunk, a copy of the initial policy (a full critic model: more memory, decoupled from the policy).")})
     # iterative_dpo / raft
     round_prompts: int = field(default=128, metadata={"help": "Prompts sampled at the start of each round (iterative_dpo, raft)."})
     steps_per_round: int = field(default=20, metadata={"help": (

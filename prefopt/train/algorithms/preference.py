@@ -5,8 +5,11 @@ from typing import Callable
 
 import torch
 
+from prefopt.data.batching import PackedLayout, pack_pairs
 from prefopt.data.tokenize import EncodedPair, collate_pairs
 from prefopt.models.logprobs import sequence_logps
+from prefopt.models.lora import reference_pass
+from prefopt.models.prefix import layout_sequence_logps, supports_packing
 from prefopt.train.algorithms.base import Algorithm, StepLoss
 from prefopt.train.sampler import EpochSampler
 from prefopt.types import PreferenceBatch, SequenceBatch
@@ -27,12 +30,43 @@ def concat_rows(a: SequenceBatch, b: SequenceBatch, pad_id: int) -> SequenceBatc
     )
 
 
-def pair_logps(model, batch: PreferenceBatch, pad_id: int):
-    """Summed log-probs and lengths of chosen and rejected, from one forward over 2B rows."""
+def pair_logps_padded(model, batch: PreferenceBatch, pad_id: int):
+    """Summed log-probs and lengths of chosen and rejected, from one forward over 2B padded rows
+    (each prompt computed twice). The plain computation the shared/packed paths must equal."""
     both = concat_rows(batch.chosen, batch.rejected, pad_id)
     logps, lengths = sequence_logps(model, both)
     B = len(batch)
     return logps[:B], logps[B:], lengths[:B], lengths[B:]
+
+
+def pair_layout(model, batch: PreferenceBatch, pad_id: int, *, prefix_sharing: bool = True,
+                padding_free: bool = True) -> PackedLayout | None:
+    """The packed layout ``pair_logps`` would use for ``batch`` (None: the padded path)."""
+    if not (prefix_sharing or padding_free) or not supports_packing(model):
+        return None
+    try:
+        return pack_pairs(batch, pad_id, prefix_sharing=prefix_sharing, padding_free=padding_free)
+    except ValueError:  # rows not in the right-padded prompt+response form
+        return None
+
+
+def pair_logps(model, batch: PreferenceBatch, pad_id: int, *, prefix_sharing: bool = True,
+               padding_free: bool = True, layout: PackedLayout | None = None):
+    """Summed log-probs and lengths (B,) each of chosen and rejected, from one forward pass.
+
+    ``prefix_sharing``: each pair's prompt is computed once and both responses attend to it
+    (gradients from both flow into the one copy). ``padding_free``: pairs are packed into rows
+    without padding. Both are exact (equal to :func:`pair_logps_padded` up to float rounding);
+    models without custom 4-D mask support take the padded path. ``layout`` reuses a layout from
+    :func:`pair_layout` (e.g. for the policy and the reference pass of one batch).
+    """
+    if layout is None:
+        layout = pair_layout(model, batch, pad_id, prefix_sharing=prefix_sharing, padding_free=padding_free)
+    if layout is None or not supports_packing(model):
+        return pair_logps_padded(model, batch, pad_id)
+    sums, counts = layout_sequence_logps(model, layout)
+    B = len(batch)
+    return sums[:B], sums[B:], counts[:B], counts[B:]
 
 
 class PairwisePreference(Algorithm):
@@ -42,41 +76,55 @@ class PairwisePreference(Algorithm):
 
     def __init__(self, train: list[EncodedPair], eval: list[EncodedPair], *, loss_fn: Callable, beta: float,
                  hparams: dict, pad_id: int, batch_size: int, reference: torch.nn.Module | None,
-                 seed: int = 0, shuffle: bool = True):
-        if reference is None and not getattr(loss_fn, "reference_free", False):
-            raise ValueError("this loss needs a reference model (algo.reference: copy)")
+                 seed: int = 0, shuffle: bool = True, ref_store=None, prefix_sharing: bool = True,
+                 padding_free: bool = True):
+        # ref_store: precomputed reference log-probs (prefopt.models.reference.PrecomputedReference)
+        # looked up by pair index, for 'algo.reference: precomputed' (no reference model in memory).
+        if reference is None and ref_store is None and not getattr(loss_fn, "reference_free", False):
+            raise ValueError("this loss needs a reference (algo.reference: copy, lora or precomputed)")
         self.train_rows, self.eval_rows = train, eval
         self.loss_fn, self.beta, self.hparams = loss_fn, beta, hparams
         self.pad_id, self.batch_size = pad_id, batch_size
         self.reference = reference
+        self.ref_store = ref_store
+        self.prefix_sharing, self.padding_free = prefix_sharing, padding_free  # see pair_logps
         self.sampler = EpochSampler(len(train), seed, shuffle)
 
     def _collate(self, rows: list[EncodedPair]) -> PreferenceBatch:
-        return collate_pairs(rows, self.pad_id)
+        ref = self.ref_store.lookup([r.index for r in rows]) if self.ref_store is not None else None
+        return collate_pairs(rows, self.pad_id, ref)
 
     def next_batches(self, model, num_micro: int) -> list[PreferenceBatch]:
         return [self._collate([self.train_rows[i] for i in self.sampler.take(self.batch_size)])
                 for _ in range(num_micro)]
 
     @torch.no_grad()
-    def reference_logps(self, batch: PreferenceBatch):
+    def reference_logps(self, batch: PreferenceBatch, layout: PackedLayout | None = None):
+        """Cached values when the batch carries them, else a pass of the reference holding no graph."""
         if batch.ref_chosen_logps is not None:
             return batch.ref_chosen_logps, batch.ref_rejected_logps
         if self.reference is None:
             return None, None
-        rc, rr, _, _ = pair_logps(self.reference, batch, self.pad_id)
+        with reference_pass(self.reference) as reference:  # LoRA reference: the policy, adapters disabled
+            rc, rr, _, _ = pair_logps(reference, batch, self.pad_id, prefix_sharing=self.prefix_sharing,
+                                      padding_free=self.padding_free, layout=layout)
         return rc, rr
 
     def _loss(self, model, batch: PreferenceBatch):
-        pc, pr, lc, lr = pair_logps(model, batch, self.pad_id)
-        rc, rr = self.reference_logps(batch)
+        layout = pair_layout(model, batch, self.pad_id, prefix_sharing=self.prefix_sharing,
+                             padding_free=self.padding_free)
+        pc, pr, lc, lr = pair_logps(model, batch, self.pad_id, prefix_sharing=self.prefix_sharing,
+                                    padding_free=self.padding_free, layout=layout)
+        rc, rr = self.reference_logps(batch, layout)
         return self.loss_fn(pc, pr, rc, rr, beta=self.beta, chosen_lengths=lc, rejected_lengths=lr, **self.hparams)
 
     def compute_loss(self, model, batch: PreferenceBatch) -> StepLoss:
         out = self._loss(model, batch)
         weights = batch.chosen.weights if batch.chosen.weights is not None else torch.ones(len(batch))
         loss = (out.losses * weights).sum()
-        tokens = int(batch.chosen.attention_mask.sum() + batch.rejected.attention_mask.sum())
+        # Real tokens of the data, each prompt counted once (whatever the layout computes).
+        tokens = int(batch.chosen.attention_mask.sum() + batch.rejected.attention_mask.sum()
+                     - batch.prompt_lengths.sum())
         return StepLoss(loss, {k: float(v) for k, v in out.metrics.items()}, tokens)
 
     @torch.no_grad()

@@ -1,0 +1,205 @@
+"""Builders of the online algorithms: the policy-gradient family, online/iterative DPO and RAFT."""
+from __future__ import annotations
+
+import dataclasses
+
+from prefopt.cli.builders import register
+from prefopt.data.loaders import read_jsonl
+from prefopt.errors import ConfigError, DataError
+from prefopt.tasks import get_task
+from prefopt.train.algorithms.base import Algorithm
+from prefopt.train.config import TrainConfig
+from prefopt.train.online_config import RewardSpec
+
+PG_NAMES = ("rloo", "grpo", "dr_grpo", "dapo", "remax", "reinforce_pp", "ppo")
+ROUND_DEFAULT_GENERATIONS = 4
+
+
+def _prompt_rows(path: str, on_bad_row: str) -> list[str]:
+    prompts = []
+    for i, row in enumerate(read_jsonl(path), start=1):
+        if isinstance(row.get("prompt"), str):
+            prompts.append(row["prompt"])
+        elif on_bad_row == "error":
+            raise DataError(f"{path}, row {i}: missing string field 'prompt' (present: {', '.join(sorted(row)) or 'none'})")
+    if not prompts:
+        raise DataError(f"{path}: no rows with a 'prompt' field")
+    return prompts
+
+
+def _prompts(cfg: TrainConfig, task) -> tuple[list[str], list[str]]:
+    """Training and held-out prompts: from data.path (JSONL with 'prompt') or the lab task."""
+    if cfg.data.path:
+        train = _prompt_rows(cfg.data.path, cfg.data.on_bad_row)
+        if cfg.data.eval_path:
+            return train, _prompt_rows(cfg.data.eval_path, cfg.data.on_bad_row)
+        n_eval = min(cfg.data.eval_examples, len(train) // 10)
+        return train[n_eval:], train[:n_eval]
+    if task is None:
+        raise ConfigError("data.path: online training needs prompts, from a JSONL file with a 'prompt' field "
+                          "or from a lab task (data.task)")
+    return (task.prompts("train", cfg.online.num_prompts, seed=cfg.train.seed),
+            task.prompts("eval", cfg.data.eval_examples, seed=cfg.train.seed + 1))
+
+
+def _reward(cfg: TrainConfig, task, required: bool = True):
+    from prefopt.rollout.scorers import build_reward
+
+    specs = list(cfg.online.reward)
+    if not specs:
+        if task is None:
+            if not required:
+                return None
+            raise ConfigError("online.reward: give a reward (e.g. [{name: 'mymodule:my_reward'}]) or a lab task "
+                              "(data.task) whose gold reward is used by default")
+        specs = [RewardSpec(name=f"gold:{task.default_objective}")]
+    return build_reward(specs, task=task, on_error=cfg.online.on_reward_error, penalty=cfg.online.reward_penalty,
+                        combine=cfg.online.reward_combine, uwo_lambda=cfg.online.uwo_lambda)
+
+
+def _judge(cfg: TrainConfig):
+    if not cfg.online.judge:
+        return None
+    from prefopt.rollout.scorers import resolve_judge
+    return resolve_judge(cfg.online.judge, options=cfg.online.judge_options, on_error=cfg.online.on_reward_error)
+
+
+def _reference(cfg: TrainConfig, model, needed: bool):
+    """The initial policy as reference per ``algo.reference`` (copy, or lora: adapters disabled).
+
+    ``needed``: the loss uses it (else it only serves evaluation KL and may be absent)."""
+    from prefopt.models.reference import reference_module
+
+    kind = cfg.algo.reference
+    if kind == "precomputed":
+        raise ConfigError("algo.reference: 'precomputed' works only for a fixed dataset; online samples are new "
+                          "every step (use copy, or lora with lora.enabled)")
+    if kind == "none":
+        if needed:
+            raise ConfigError(f"algo.reference: '{cfg.algo.name}' with these settings uses a reference policy "
+                              "(KL penalty or a reference-based loss); set online.kl_coef: 0 / a reference-free "
+                              "loss, or algo.reference: copy")
+        return None
+    return reference_module(kind, model)
+
+
+def _sampling(cfg: TrainConfig, k: int):
+    if cfg.rollout.num_samples not in (1, k):
+        raise ConfigError(f"rollout.num_samples: online algorithms take the number of samples per prompt from "
+                          f"online.num_generations ({k}); set that instead of rollout.num_samples "
+                          f"({cfg.rollout.num_samples})")
+    return dataclasses.replace(cfg.rollout, num_samples=k)
+
+
+def _max_prompt_length(cfg: TrainConfig, model) -> int:
+    from prefopt.train.algorithms.online import model_context
+
+    context = model_context(model)
+    limit = cfg.data.max_prompt_length
+    if context is not None:
+        room = context - cfg.rollout.max_new_tokens
+        if room < 1:
+            raise ConfigError(f"rollout.max_new_tokens ({cfg.rollout.max_new_tokens}) leaves no room for a prompt "
+                              f"in the model's context of {context} tokens")
+        limit = min(limit, room)
+    return limit
+
+
+def _experience(cfg: TrainConfig, model, tokenizer, *, k: int, reward, reference, task):
+    from prefopt.train.algorithms.online import Experience
+
+    train_prompts, eval_prompts = _prompts(cfg, task)
+    return Experience(train_prompts, eval_prompts, tokenizer, _sampling(cfg, k), reward,
+                      max_prompt_length=_max_prompt_length(cfg, model), seed=cfg.train.seed, task=task,
+                      eval_num_samples=cfg.online.eval_num_samples, eval_greedy=cfg.online.eval_greedy,
+                      reference=reference if cfg.online.eval_kl else None)
+
+
+def _task(cfg: TrainConfig):
+    return get_task(cfg.data.task, **cfg.data.task_options) if cfg.data.task else None
+
+
+def _stats(exp, extra: dict) -> dict:
+    return {**exp.stats, **extra}
+
+
+def build_policy_gradient(cfg: TrainConfig, model, tokenizer) -> tuple[Algorithm, dict]:
+    from prefopt.models.value import attach_value_head
+    from prefopt.train.algorithms.online import PolicyGradient, resolve_settings
+
+    settings = resolve_settings(cfg.algo.name, cfg.online)
+    task = _task(cfg)
+    reward = _reward(cfg, task)
+    reference = _reference(cfg, model, settings.kl_coef > 0) if settings.kl_coef > 0 or cfg.online.eval_kl else None
+    exp = _experience(cfg, model, tokenizer, k=settings.num_generations, reward=reward, reference=reference, task=task)
+    algo = PolicyGradient(cfg.algo.name, settings, exp, reference=reference,
+                          max_new_tokens=cfg.rollout.max_new_tokens, seed=cfg.train.seed)
+    if settings.value_head:
+        attach_value_head(model, separate=cfg.online.critic == "separate")
+        algo.attach(model)
+    return algo, _stats(exp, {"online/samples_per_rollout": float(settings.prompts_per_step * settings.num_generations)})
+
+
+for _name in PG_NAMES:
+    register(_name)(build_policy_gradient)
+
+
+def _pairwise_loss(cfg: TrainConfig):
+    from prefopt.losses import get_pairwise_loss, validate_hparams
+    try:
+        return get_pairwise_loss(cfg.algo.loss), validate_hparams(cfg.algo.loss, cfg.algo.loss_hparams)
+    except ValueError as exc:
+        raise ConfigError(f"algo.loss: {exc}") from None
+
+
+@register("online_dpo")
+def build_online_dpo(cfg: TrainConfig, model, tokenizer) -> tuple[Algorithm, dict]:
+    from prefopt.train.algorithms.online_pref import OnlineDPO
+
+    if cfg.online.num_generations not in (None, 2):
+        raise ConfigError(f"online.num_generations: online_dpo samples exactly 2 responses per prompt "
+                          f"(got {cfg.online.num_generations})")
+    loss_fn, hparams = _pairwise_loss(cfg)
+    task = _task(cfg)
+    judge = _judge(cfg)
+    reward = _reward(cfg, task, required=judge is None)
+    needs_ref = cfg.algo.reference == "copy" and not getattr(loss_fn, "reference_free", False)
+    reference = _reference(cfg, model, needs_ref) if needs_ref or cfg.online.eval_kl else None
+    exp = _experience(cfg, model, tokenizer, k=2, reward=reward, reference=reference, task=task)
+    algo = OnlineDPO(exp, loss_fn=loss_fn, beta=cfg.algo.beta, hparams=hparams,
+                     reference=reference if needs_ref else None, judge=judge,
+                     prompts_per_step=cfg.online.prompts_per_step, max_resample=cfg.online.max_resample)
+    return algo, exp.stats
+
+
+def _rounds_kwargs(cfg: TrainConfig) -> dict:
+    k = cfg.online.num_generations or ROUND_DEFAULT_GENERATIONS
+    if k < 2:
+        raise ConfigError(f"online.num_generations: {cfg.algo.name} ranks the samples of a prompt, it needs >= 2 (got {k})")
+    return dict(num_generations=k, round_prompts=cfg.online.round_prompts, steps_per_round=cfg.online.steps_per_round,
+                batch_size=cfg.train.batch_size, seed=cfg.train.seed)
+
+
+@register("iterative_dpo")
+def build_iterative_dpo(cfg: TrainConfig, model, tokenizer) -> tuple[Algorithm, dict]:
+    from prefopt.train.algorithms.online_pref import IterativeDPO
+
+    loss_fn, hparams = _pairwise_loss(cfg)
+    kw = _rounds_kwargs(cfg)
+    task = _task(cfg)
+    reward = _reward(cfg, task)
+    reference = _reference(cfg, model, False) if cfg.online.eval_kl else None
+    exp = _experience(cfg, model, tokenizer, k=kw["num_generations"], reward=reward, reference=reference, task=task)
+    return IterativeDPO(exp, loss_fn=loss_fn, beta=cfg.algo.beta, hparams=hparams, judge=_judge(cfg), **kw), exp.stats
+
+
+@register("raft")
+def build_raft(cfg: TrainConfig, model, tokenizer) -> tuple[Algorithm, dict]:
+    from prefopt.train.algorithms.online_pref import RAFT
+
+    kw = _rounds_kwargs(cfg)
+    task = _task(cfg)
+    reward = _reward(cfg, task)
+    reference = _reference(cfg, model, False) if cfg.online.eval_kl else None
+    exp = _experience(cfg, model, tokenizer, k=kw["num_generations"], reward=reward, reference=reference, task=task)
+    return RAFT(exp, **kw), exp.stats

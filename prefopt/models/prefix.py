@@ -1,0 +1,120 @@
+"""Forward passes over packed layouts: prefix-shared preference pairs and padding-free batches.
+
+One forward runs the whole :class:`~prefopt.data.batching.PackedLayout` with a 4-D attention
+mask (a token sees earlier tokens of its own group that are in the prompt or in its own branch)
+and per-group position ids, so
+
+* a pair's prompt is computed once and both responses attend to it; gradients from both
+  responses flow back into the one copy of the prompt, and
+* several short sequences share a row instead of padding each to the longest.
+
+The LM head then runs only on the positions that predict a label (the prompt's last token once
+per response, then each response token), in row chunks, and per-sequence sums are one
+``index_add``. The result equals the plain padded computation up to float rounding
+(``tests/test_perf_exactness.py`` checks losses and gradients to 1e-5).
+
+Needs a model that accepts a custom 4-D mask and ``position_ids`` (transformers' ``sdpa`` and
+``eager`` attention do); :func:`supports_packing` says whether it does, and callers fall back to
+the plain path otherwise.
+"""
+from __future__ import annotations
+
+import torch
+
+from prefopt.data.batching import PackedLayout
+
+# Model types whose causal-LM head is exactly ``lm_head(final_hidden_state)`` (with the softcapping
+# some of them apply handled below). Others go through the model's own forward and gather logits.
+_PLAIN_HEAD = {"llama", "mistral", "qwen2", "qwen3", "gpt2", "gemma", "gemma2", "gemma3_text", "phi3", "olmo",
+               "olmo2", "smollm3", "starcoder2", "stablelm", "gpt_neox", "phi", "qwen2_moe", "qwen3_moe",
+               "mixtral"}
+_MASK_IMPLS = {"sdpa": torch.bool, "eager": None}  # eager adds a float mask, sdpa takes a boolean one
+
+
+def _causal_lm(model: torch.nn.Module) -> torch.nn.Module:
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def supports_packing(model: torch.nn.Module) -> bool:
+    """Whether ``model`` takes the custom 4-D masks packed layouts need (sdpa or eager attention)."""
+    config = getattr(_causal_lm(model), "config", None)
+    return config is not None and getattr(config, "_attn_implementation", None) in _MASK_IMPLS
+
+
+def _mask(model: torch.nn.Module, layout: PackedLayout, device) -> torch.Tensor:
+    config = _causal_lm(model).config
+    impl = getattr(config, "_attn_implementation", None)
+    if impl not in _MASK_IMPLS:
+        raise NotImplementedError(f"packed layouts need sdpa or eager attention, the model uses {impl!r}")
+    dtype = _MASK_IMPLS[impl] or next(model.parameters()).dtype
+    return layout.attention_mask(dtype).to(device)
+
+
+def _head_logps(head: torch.nn.Module, hidden: torch.Tensor, labels: torch.Tensor, softcap: float | None,
+                chunk_elems: int) -> torch.Tensor:
+    """log softmax(head(hidden))[labels] for (N, d) hidden states, in row chunks of about
+    ``chunk_elems`` logits.
+
+    With several chunks and gradients on, each chunk's logits are recomputed in the backward pass
+    instead of kept alive, so the working set is one chunk of logits, never N x V.
+    """
+    def chunk_fn(h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        logits = head(h).float()
+        if softcap is not None:
+            logits = torch.tanh(logits / softcap) * softcap
+        return logits.gather(-1, y.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+    n = hidden.shape[0]
+    rows = max(16, chunk_elems // head.weight.shape[0])
+    if n <= rows:
+        return chunk_fn(hidden, labels)
+    recompute = torch.is_grad_enabled()
+    parts = []
+    for s in range(0, n, rows):
+        h, y = hidden[s:s + rows], labels[s:s + rows]
+        if recompute:
+            from torch.utils.checkpoint import checkpoint
+            parts.append(checkpoint(chunk_fn, h, y, use_reentrant=False))
+        else:
+            parts.append(chunk_fn(h, y))
+    return torch.cat(parts)
+
+
+def layout_token_logps(model: torch.nn.Module, layout: PackedLayout, chunk_elems: int = 1 << 24) -> torch.Tensor:
+    """(N,) float32 log-prob of each label token of ``layout`` under ``model``; the LM head works on
+    about ``chunk_elems`` logits at a time."""
+    device = next(model.parameters()).device
+    layout = layout.to(device)
+    mask = _mask(model, layout, device)
+    lm = _causal_lm(model)
+    config = lm.config
+    backbone = getattr(lm, "base_model", None)
+    head = lm.get_output_embeddings() if hasattr(lm, "get_output_embeddings") else None
+    fast = (getattr(config, "model_type", None) in _PLAIN_HEAD and backbone is not None and backbone is not lm
+            and isinstance(head, torch.nn.Linear))
+    if fast:
+        hidden = backbone(input_ids=layout.input_ids, attention_mask=mask, position_ids=layout.position_ids,
+                          use_cache=False).last_hidden_state
+        picked = hidden.reshape(-1, hidden.shape[-1]).index_select(0, layout.src)
+        softcap = getattr(config, "final_logit_softcapping", None)
+        return _head_logps(head, picked, layout.labels, softcap, chunk_elems)
+    logits = model(input_ids=layout.input_ids, attention_mask=mask, position_ids=layout.position_ids,
+                   use_cache=False).logits
+    picked = logits.reshape(-1, logits.shape[-1]).index_select(0, layout.src)
+    rows = max(16, chunk_elems // picked.shape[-1])
+    out = []
+    for s in range(0, picked.shape[0], rows):
+        chunk = picked[s:s + rows].float()
+        y = layout.labels[s:s + rows]
+        out.append(chunk.gather(-1, y.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(chunk, -1))
+    return torch.cat(out) if out else picked.new_zeros(0, dtype=torch.float32)
+
+
+def layout_sequence_logps(model: torch.nn.Module, layout: PackedLayout) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed log-probs (S,) and label counts (S,) of the layout's output sequences."""
+    logps = layout_token_logps(model, layout)
+    owner = layout.owner.to(logps.device)
+    sums = torch.zeros(layout.num_outputs, dtype=logps.dtype, device=logps.device).index_add(0, owner, logps)
+    counts = torch.zeros(layout.num_outputs, dtype=torch.float32, device=logps.device).index_add(
+        0, owner, torch.ones_like(logps))
+    return sums, counts
