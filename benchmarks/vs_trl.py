@@ -58,8 +58,10 @@ COMPARISONS = [
     ("prefopt_grpo", "trl_grpo", "GRPO: prefopt vs TRL"),
 ]
 
-FULL = dict(steps=30, batch=16, hidden=256, layers=4, heads=4, inter=688, vocab=2048,
-            prompt=(16, 128), response=(8, 96), grpo_steps=12, grpo_prompt=(8, 48), new_tokens=32, rounds=2)
+# A ~0.9M-parameter Llama keeps the full run (2 rounds x 6 phases) near 10 minutes on 2 CPU cores;
+# benchmarks/scaling.py covers longer sequences and bigger batches.
+FULL = dict(steps=30, batch=16, hidden=128, layers=4, heads=4, inter=344, vocab=1024,
+            prompt=(16, 96), response=(8, 64), grpo_steps=16, grpo_prompt=(8, 48), new_tokens=32, rounds=2)
 QUICK = dict(steps=4, batch=4, hidden=64, layers=2, heads=2, inter=128, vocab=256,
              prompt=(4, 16), response=(2, 12), grpo_steps=3, grpo_prompt=(4, 12), new_tokens=8, rounds=1)
 
@@ -429,7 +431,9 @@ def main(argv=None) -> int:
     ap.add_argument("--only", default=None, help="comma list of phases to run (default: all of the workloads)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a workload setting, e.g. --set steps=10 --set 'prompt=[8,64]' (JSON values)")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", default="auto", help=(
+        "torch threads per phase; 'auto' = the core count (2 here), or 1 when the machine's load average "
+        "exceeds its cores (with other jobs running, 2 OpenMP threads mostly wait for each other)"))
     ap.add_argument("--profile", action="store_true", help="cProfile every phase; the JSON gets each profile")
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--out", default="runs/bench/vs_trl.json")
@@ -458,7 +462,9 @@ def main(argv=None) -> int:
         return 0
 
     s = dict(QUICK if args.quick else FULL)
-    s.update(threads=args.threads, lr=args.lr, profile=args.profile)
+    cores = os.cpu_count() or 1
+    threads = (1 if os.getloadavg()[0] > cores else cores) if args.threads == "auto" else int(args.threads)
+    s.update(threads=threads, lr=args.lr, profile=args.profile)
     for item in args.set:
         key, _, value = item.partition("=")
         if key not in s:

@@ -48,7 +48,7 @@ def test_every_pairwise_loss_trains_on_lab_and_conversational_data(loss, data, t
         rows = read_metrics(tmp_path / kind / "metrics.jsonl")
         steps = [r for r in rows if "loss" in r and "step" in r and r["step"] >= 1]
         assert len(steps) == 2 and all(r["loss"] == r["loss"] for r in steps)  # finite, not NaN
-        assert rows[0]["data/conversational"] == (20 if kind == "conv" else 0)  # 24 pairs, 4 held out
+        assert rows[0]["data/conversational"] == (22 if kind == "conv" else 0)  # 24 pairs, 2 held out
 
 
 @pytest.mark.parametrize("kind", ["kto", "kto_conv", "lab"])
@@ -136,3 +136,28 @@ def test_bad_rows_skipped_and_counted(data, tmp_path, capsys):
     _ok(capsys, _train(path, tmp_path, "data.on_bad_row=skip", "run_name=skip"))
     first = read_metrics(tmp_path / "skip" / "metrics.jsonl")[0]
     assert first["data/bad_rows_skipped"] == 1 and first["data/identical_pairs_dropped"] == 1
+
+
+def test_qlora_4bit_trains_with_lora_reference_and_merges(data, tmp_path, capsys, reviews_tokenizer):
+    pytest.importorskip("bitsandbytes")
+    from transformers import AutoModelForCausalLM
+
+    from prefopt.models.config import ModelConfig
+    from prefopt.models.loading import load_model
+    from prefopt.models.tiny import tiny_config
+
+    base = tmp_path / "base"
+    config = tiny_config("llama-1m", len(reviews_tokenizer), pad_token_id=reviews_tokenizer.pad_token_id,
+                         eos_token_id=reviews_tokenizer.eos_token_id)
+    config.intermediate_size = 384  # bitsandbytes' CPU 4-bit kernel wants widths divisible by its block
+    AutoModelForCausalLM.from_config(config).save_pretrained(base)
+    reviews_tokenizer.save_pretrained(base)
+    _ok(capsys, _train(data["lab"], tmp_path, f"model.name_or_path={base}", "lora.enabled=true", "lora.quantize=4bit",
+                       "lora.r=4", "algo.reference=lora", "lora.save=merged", "run_name=q"))
+    merged = load_model(ModelConfig(name_or_path=str(tmp_path / "q" / "merged")))
+    assert not any("lora" in n for n, _ in merged.named_parameters())
+
+
+def test_quantize_without_lora_is_refused(data, tmp_path, capsys):
+    rc = _train(data["lab"], tmp_path, "lora.quantize=4bit")
+    assert rc == 2 and "set lora.enabled: true (QLoRA)" in capsys.readouterr().err

@@ -104,7 +104,7 @@ def test_prefix_shared_dpo_losses_and_gradients_equal_plain(reviews_tokenizer, d
     for perf in ({"prefix_sharing": True, "padding_free": True}, {"prefix_sharing": True, "padding_free": False},
                  {"prefix_sharing": False, "padding_free": True}):
         shared, g_shared = run(**perf)
-        assert abs(float(shared.loss) - float(plain.loss)) < TOL, perf
+        assert abs(float(shared.loss.detach()) - float(plain.loss.detach())) < TOL, perf
         for k in ("rewards/chosen", "rewards/rejected", "rewards/margin"):
             assert abs(shared.metrics[k] - plain.metrics[k]) < TOL, (perf, k)
         assert shared.tokens == plain.tokens
@@ -172,3 +172,33 @@ def test_prompt_mismatch_falls_back_to_separate_sequences(reviews_tokenizer, mod
         got = pair_logps(models["llama"], batch, pad, layout=lay)
     for e, g in zip(expected, got):
         assert torch.allclose(e.double(), g.double(), atol=TOL, rtol=0)
+
+
+def test_sliding_window_shorter_than_a_sequence_falls_back(models, reviews_tokenizer, monkeypatch):
+    model = models["llama"]
+    pad = reviews_tokenizer.pad_token_id
+    batch = collate_pairs(_pairs(4), pad)
+    assert pair_layout(model, batch, pad) is not None
+    monkeypatch.setattr(model.config, "sliding_window", 4, raising=False)  # a custom mask would ignore it
+    assert pair_layout(model, batch, pad) is None
+    monkeypatch.setattr(model.config, "sliding_window", 4096, raising=False)
+    assert pair_layout(model, batch, pad) is not None
+
+
+def test_lora_policy_prefix_shared_equals_padded(models, reviews_tokenizer):
+    peft = pytest.importorskip("peft")
+    pad = reviews_tokenizer.pad_token_id
+    base = copy.deepcopy(models["llama"])
+    model = peft.get_peft_model(base, peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    model.eval()
+    batch = collate_pairs(_pairs(5), pad)
+    assert supports_packing(model)
+    with torch.no_grad():
+        expected = pair_logps_padded(model, batch, pad)
+        got = pair_logps(model, batch, pad)
+        with model.disable_adapter():  # the LoRA reference: adapters off, same layout
+            ref_expected = pair_logps_padded(model, batch, pad)
+            ref_got = pair_logps(model, batch, pad)
+    for e, g in zip(expected + ref_expected, got + ref_got):
+        assert torch.allclose(e.double(), g.double(), atol=TOL, rtol=0)
+    assert not torch.allclose(expected[0], ref_expected[0])  # the adapters do change the outputs

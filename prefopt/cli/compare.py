@@ -80,6 +80,8 @@ class CompareConfig:
     max_new_tokens: int = field(default=40, metadata={"help": "Longest sampled response."})
     output_dir: str = field(default="runs", metadata={"help": "Results go to <output_dir>/compare-<timestamp>."})
     progress: bool = field(default=False, metadata={"help": "Show progress bars."})
+    threads: int = field(default=0, metadata={"help": (
+        "torch CPU threads (0 = torch's default; 1 is fastest on a machine shared with other jobs).")})
 
     def validate(self) -> None:
         for eps in self.flip_rates:
@@ -127,7 +129,9 @@ def run_compare(cfg: CompareConfig, out_dir: Path | None = None, log_fn=print) -
     task = get_task("reviews")
     objective = task.default_objective
     tokenizer = task_tokenizer("reviews", {})
-    loop = dict(batch_size=cfg.batch_size, seed=cfg.seed, progress=cfg.progress)
+    loop = dict(batch_size=cfg.batch_size, seed=cfg.seed, progress=cfg.progress, threads=cfg.threads)
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
 
     # 1. one SFT model -------------------------------------------------------------------
     if cfg.sft_model:

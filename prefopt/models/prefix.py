@@ -35,10 +35,22 @@ def _causal_lm(model: torch.nn.Module) -> torch.nn.Module:
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-def supports_packing(model: torch.nn.Module) -> bool:
-    """Whether ``model`` takes the custom 4-D masks packed layouts need (sdpa or eager attention)."""
+def _sliding_window(config) -> int | None:
+    window = getattr(config, "sliding_window", None)
+    if window is None or getattr(config, "use_sliding_window", True) is False:
+        return None
+    return int(window)
+
+
+def supports_packing(model: torch.nn.Module, layout: PackedLayout | None = None) -> bool:
+    """Whether ``model`` takes the custom 4-D masks packed layouts need (sdpa or eager attention),
+    and, given ``layout``, whether a sliding attention window (which a custom mask would override)
+    is wider than every sequence in it."""
     config = getattr(_causal_lm(model), "config", None)
-    return config is not None and getattr(config, "_attn_implementation", None) in _MASK_IMPLS
+    if config is None or getattr(config, "_attn_implementation", None) not in _MASK_IMPLS:
+        return False
+    window = _sliding_window(config)
+    return window is None or layout is None or int(layout.position_ids.max()) < window
 
 
 def _mask(model: torch.nn.Module, layout: PackedLayout, device) -> torch.Tensor:

@@ -48,8 +48,9 @@ class OnlineConfig:
         "(default: only for ppo, whose value pass gives them for free).")})
     # reward
     reward: list[RewardSpec] = field(default_factory=list, metadata={"help": (
-        "Reward functions; their weighted sum drives training and every component is logged. "
-        "Default: the lab task's default gold objective.")})
+        "Reward functions, each {name, weight, weights, label, options}: name is gold:OBJECTIVE, gold, "
+        "module:function or reward_model:PATH. Their weighted sum drives training and every component is "
+        "logged (reward/<label>/<component>). Default: the lab task's default gold objective.")})
     reward_combine: Literal["sum", "mean", "min", "uwo"] = field(default="sum", metadata={"help": (
         "How weighted components are combined: sum, mean (weighted mean), min (worst case, WCO ensembles), "
         "uwo (mean - uwo_lambda * variance across components, uncertainty-weighted ensembles).")})

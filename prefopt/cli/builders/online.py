@@ -145,11 +145,10 @@ for _name in PG_NAMES:
 
 
 def _pairwise_loss(cfg: TrainConfig):
-    from prefopt.losses import get_pairwise_loss, validate_hparams
-    try:
-        return get_pairwise_loss(cfg.algo.loss), validate_hparams(cfg.algo.loss, cfg.algo.loss_hparams)
-    except ValueError as exc:
-        raise ConfigError(f"algo.loss: {exc}") from None
+    """Any pairwise loss (algo.loss) or weighted combination (algo.loss_weights), as offline DPO."""
+    from prefopt.cli.builders.offline import resolve_loss
+    fn, hparams, _ = resolve_loss(cfg)
+    return fn, hparams
 
 
 @register("online_dpo")

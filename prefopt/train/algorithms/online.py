@@ -255,8 +255,9 @@ class Experience:
     @torch.no_grad()
     def evaluate(self, model) -> dict[str, float]:
         """Held-out prompts: mean reward and components, gold objectives of the lab task, KL to the
-        reference (nats per sequence, Monte-Carlo over samples at the rollout temperature), length;
-        with ``eval_greedy`` the same for greedy responses under ``greedy/``."""
+        reference (nats per sequence, Monte-Carlo over the samples; only when sampling is untempered,
+        i.e. temperature 1 without top-k/top-p), length; with ``eval_greedy`` the same for greedy
+        responses under ``greedy/``."""
         if not self.eval_prompts:
             return {}
         idx = list(range(len(self.eval_prompts)))
@@ -278,7 +279,8 @@ class Experience:
             out.update({f"{prefix}gold/{k}": _mean(v) for k, v in gold.items()})
         mask = s.rollout.response_mask
         out[prefix + "response_length"] = float(mask.sum(-1).float().mean())
-        if kl and self.reference is not None and self.sampling.top_k == 0 and self.sampling.top_p == 1.0:
+        untempered = self.sampling.temperature == 1.0 and self.sampling.top_k == 0 and self.sampling.top_p == 1.0
+        if kl and self.reference is not None and untempered:  # samples of π itself: unbiased Monte-Carlo KL
             ref = batched_logps(self.reference, s.rollout, self.pad_id, self.sampling.batch_size)
             pol = s.rollout.logprobs
             out[prefix + "kl_to_ref"] = float(masked_sum(pol - ref, mask, dim=-1).mean())
@@ -511,6 +513,11 @@ class PolicyGradient(Algorithm):
                   "rollout/response_length": float(lengths.mean()),
                   "rollout/truncated_frac": float(rollout.truncated.float().mean()),
                   "rollout/samples": float(len(R)), "kl/coef": float(self.kl_coef)})
+        if s.estimator in ("rloo", "grpo"):  # groups whose samples all scored the same carry no signal
+            equal = is_all_equal_group(R, rollout.group)
+            first = torch.ones_like(equal)
+            first[1:] = rollout.group[1:] != rollout.group[:-1]
+            m["rollout/all_equal_groups_frac"] = float(equal[first].float().mean())
         if s.kl_in_reward and self.reference is not None:
             m["reward/with_kl"] = float(token_rewards.sum(-1).mean())
         m.update({f"reward/{k}": _mean(v) for k, v in components.items()})

@@ -45,9 +45,10 @@ def pair_layout(model, batch: PreferenceBatch, pad_id: int, *, prefix_sharing: b
     if not (prefix_sharing or padding_free) or not supports_packing(model):
         return None
     try:
-        return pack_pairs(batch, pad_id, prefix_sharing=prefix_sharing, padding_free=padding_free)
+        layout = pack_pairs(batch, pad_id, prefix_sharing=prefix_sharing, padding_free=padding_free)
     except ValueError:  # rows not in the right-padded prompt+response form
         return None
+    return layout if supports_packing(model, layout) else None
 
 
 def pair_logps(model, batch: PreferenceBatch, pad_id: int, *, prefix_sharing: bool = True,
@@ -62,7 +63,7 @@ def pair_logps(model, batch: PreferenceBatch, pad_id: int, *, prefix_sharing: bo
     """
     if layout is None:
         layout = pair_layout(model, batch, pad_id, prefix_sharing=prefix_sharing, padding_free=padding_free)
-    if layout is None or not supports_packing(model):
+    if layout is None or not supports_packing(model, layout):
         return pair_logps_padded(model, batch, pad_id)
     sums, counts = layout_sequence_logps(model, layout)
     B = len(batch)

@@ -1,0 +1,86 @@
+"""Reduced-size smoke runs of the performance benchmarks (the full runs are not part of the suite).
+
+The TRL side of ``benchmarks/vs_trl.py`` needs the optional ``bench`` extra (TRL 1.16); without it
+those phases are skipped, but the prefopt side still runs.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+HAS_TRL = importlib.util.find_spec("trl") is not None
+pytestmark = pytest.mark.slow
+
+
+def _vs_trl():
+    import vs_trl
+    return vs_trl
+
+
+def test_vs_trl_prefopt_side_smoke(tmp_path):
+    vs_trl = _vs_trl()
+    out = tmp_path / "vs_trl.json"
+    assert vs_trl.main(["--quick", "--threads", "1", "--only", "prefopt_dpo,prefopt_dpo_live,prefopt_grpo",
+                        "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    for name in ("prefopt_dpo", "prefopt_dpo_live", "prefopt_grpo"):
+        phase = report["phases"][name]
+        assert "error" not in phase, phase.get("error")
+        assert phase["s_per_step"] > 0 and phase["tokens_per_s"] > 0 and phase["peak_rss_mib"] > 0
+        assert len(phase["losses"]) == (report["settings"]["grpo_steps"] if "grpo" in name
+                                        else report["settings"]["steps"])
+    assert report["phases"]["prefopt_dpo"]["precompute_s"] is not None
+    # Both reference modes start from the same weights and data: the DPO loss starts at log 2.
+    assert abs(report["phases"]["prefopt_dpo"]["losses"][0] - 0.6931) < 1e-3
+    assert abs(report["phases"]["prefopt_dpo_live"]["losses"][0] - 0.6931) < 1e-3
+
+
+@pytest.mark.skipif(not HAS_TRL, reason="TRL is not installed: pip install -e '.[bench]' (best in its own venv, "
+                                        "see benchmarks/README.md) to run the TRL side of benchmarks/vs_trl.py")
+def test_vs_trl_full_smoke_with_trl(tmp_path):
+    vs_trl = _vs_trl()
+    out = tmp_path / "vs_trl.json"
+    assert vs_trl.main(["--quick", "--threads", "1", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    errors = {k: v["error"] for k, v in report["phases"].items() if "error" in v}
+    assert not errors, errors
+    assert {r["trl"] for r in report["ratios"]} == {"trl_dpo", "trl_dpo_precomp", "trl_grpo"}
+    for r in report["ratios"]:
+        assert r["steps_per_s_ratio"] > 0 and r["peak_rss_ratio"] > 0
+    # same data, weights and optimizer: the DPO loss curves of the two libraries agree
+    for agreement in report["dpo_loss_agreement"].values():
+        assert agreement["agree"], agreement
+
+
+def test_scaling_smoke(tmp_path):
+    import scaling
+
+    out = tmp_path / "scaling.json"
+    assert scaling.main(["--quick", "--threads", "1", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["matmul_peak_flops"] > 0
+    for key, point in report["points"].items():
+        assert "error" not in point, (key, point.get("error"))
+        assert point["tokens_per_s"] > 0 and point["peak_rss_mib"] > 0
+        assert 0 < point["flops_fraction_of_peak"] < 1.5
+    assert set(report["shared_vs_padded"]) == {"prompt=4", "prompt=8", "response=4", "batch=2"}
+    assert out.with_suffix(".png").exists()
+
+
+def test_useful_flops_counts_each_prompt_once():
+    import scaling
+
+    from prefopt.data.tokenize import EncodedPair
+
+    m = {"hidden": 4, "layers": 1, "inter": 8, "vocab": 10}
+    one = scaling.useful_flops([EncodedPair([1, 2], [3], [4], 0)], m)
+    per_layer = 2 * (4 * 16 + 3 * 32)
+    ctx = (1 + 2) + 3 + 3
+    assert one == 3.0 * (4 * per_layer + 4 * 4 * ctx + 2 * 4 * 10 * 2)
