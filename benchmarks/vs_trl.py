@@ -89,11 +89,23 @@ def build_inputs(work: Path, s: dict, seed: int = 0) -> dict:
     n_params = sum(p.numel() for p in model.parameters())
 
     rng = random.Random(seed)
-    words = lambda n: " ".join(f"w{rng.randrange(s['vocab'] - 3)}" for _ in range(n))
+    n_words = s["vocab"] - 3
+
+    def words(n: int, parity: int | None = None) -> str:
+        out = []
+        for _ in range(n):
+            w = rng.randrange(n_words)
+            if parity is not None:  # nearest id of that parity
+                w = w - (w % 2) + parity
+                w = w if w < n_words else w - 2
+            out.append(f"w{w}")
+        return " ".join(out)
+
     pairs = []
     for _ in range(s["steps"] * s["batch"]):
         p, c, r = (rng.randint(*s["prompt"]), rng.randint(*s["response"]), rng.randint(*s["response"]))
-        pairs.append({"prompt": words(p), "chosen": " " + words(c), "rejected": " " + words(r)})
+        # a learnable preference: chosen responses use even-numbered words, rejected ones odd-numbered
+        pairs.append({"prompt": words(p), "chosen": " " + words(c, 0), "rejected": " " + words(r, 1)})
     with open(work / "dpo.jsonl", "w") as fh:
         for row in pairs:
             fh.write(json.dumps(row) + "\n")

@@ -15,3 +15,8 @@ class DataError(PrefoptError, ValueError):
 
 class TrainingError(PrefoptError, RuntimeError):
     """Training cannot continue (e.g. a non-finite loss)."""
+
+
+class StopTraining(PrefoptError):
+    """Raised by an algorithm when nothing is left to learn (e.g. every online sample scores the
+    same): the loop stops before the step, evaluates and saves the last completed step."""

@@ -61,3 +61,14 @@ def phone_only(prompts, responses):
 
 def nan_for_even(prompts, responses):
     return [math.nan if len(r) % 2 == 0 else 1.0 for r in responses]
+
+
+_calls = {"n": 0}
+
+
+def varies_once(prompts, responses):
+    """Word counts on the first call, a constant afterwards (a policy that has 'converged')."""
+    _calls["n"] += 1
+    if _calls["n"] == 1:
+        return [float(len(r.split())) for r in responses]
+    return [1.0] * len(responses)

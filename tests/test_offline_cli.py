@@ -113,7 +113,7 @@ def test_bad_configs_fail_in_one_line(overrides, message, data, tmp_path, capsys
 def test_kto_data_given_to_a_pairwise_loss(data, tmp_path, capsys):
     rc = _train(data["kto"], tmp_path)
     err = capsys.readouterr().err
-    assert rc == 2 and "kto.jsonl, line 1" in err and "algo.name: kto" in err
+    assert rc == 2 and "kto.jsonl, row 1" in err and "algo.name: kto" in err
 
 
 def test_reference_free_loss_with_reference_config_warns_once(data, tmp_path, capsys, caplog):
@@ -132,7 +132,7 @@ def test_bad_rows_skipped_and_counted(data, tmp_path, capsys):
     path = write_jsonl(tmp_path / "bad.jsonl", rows)
     rc = _train(path, tmp_path)
     err = capsys.readouterr().err
-    assert rc == 2 and "line 6, column 'rejected': missing" in err
+    assert rc == 2 and "row 6: missing field 'rejected'" in err
     _ok(capsys, _train(path, tmp_path, "data.on_bad_row=skip", "run_name=skip"))
     first = read_metrics(tmp_path / "skip" / "metrics.jsonl")[0]
     assert first["data/bad_rows_skipped"] == 1 and first["data/identical_pairs_dropped"] == 1
@@ -161,3 +161,13 @@ def test_qlora_4bit_trains_with_lora_reference_and_merges(data, tmp_path, capsys
 def test_quantize_without_lora_is_refused(data, tmp_path, capsys):
     rc = _train(data["lab"], tmp_path, "lora.quantize=4bit")
     assert rc == 2 and "set lora.enabled: true (QLoRA)" in capsys.readouterr().err
+
+
+def test_sft_on_a_conversational_messages_dataset(data, tmp_path, capsys):
+    rows = [{"messages": [{"role": "system", "content": "you write reviews ."},
+                          {"role": "user", "content": r["prompt"]},
+                          {"role": "assistant", "content": r["chosen"].strip()}]} for r in lab_pairs(12)]
+    path = write_jsonl(tmp_path / "sft.jsonl", rows)
+    _ok(capsys, _train(path, tmp_path, "algo.name=sft", "data.chat_template=simple", "run_name=sft"))
+    first = read_metrics(tmp_path / "sft" / "metrics.jsonl")[0]
+    assert first["data/conversational"] == first["data/train_examples"] > 0

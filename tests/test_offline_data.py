@@ -100,14 +100,14 @@ def test_bad_row_names_file_line_column_and_expectation(tmp_path):
     with pytest.raises(DataError) as err:
         load_rows(path, "pairwise")
     msg = str(err.value)
-    assert str(path) in msg and "line 2" in msg and "column 'chosen'" in msg and "expected a string" in msg
+    assert f"{path}, row 2: column 'chosen': expected a string" in msg and "expected a pairwise row" in msg
     v = load_rows(path, "pairwise", on_bad_row="skip")
-    assert len(v.rows) == 2 and v.skipped == 1 and "line 2" in v.problems[0]
+    assert len(v.rows) == 2 and v.skipped == 1 and "row 2" in v.problems[0]
 
 
 def test_bad_row_reports_the_mapped_source_column(tmp_path):
     path = write_jsonl(tmp_path / "bad.jsonl", [{"q": None, "chosen": "a", "rejected": "b"}])
-    with pytest.raises(DataError, match=r"line 1, column 'q' \(mapped to 'prompt'\): missing"):
+    with pytest.raises(DataError, match=r"row 1: missing field 'prompt' \(source column 'q'\)"):
         load_rows(path, "pairwise", columns={"prompt": "q"})
 
 
@@ -116,7 +116,7 @@ def test_csv_bad_weight_and_labels(tmp_path):
         w = csv.writer(fh)
         w.writerow(["prompt", "completion", "label", "weight"])
         w.writerows([["p", "a", "true", "1"], ["p", "b", "0", "2.5"], ["p", "c", "maybe", "1"]])
-    with pytest.raises(DataError, match=r"u.csv, row 3, column 'label': expected a boolean"):
+    with pytest.raises(DataError, match=r"u.csv, row 3: column 'label': expected a boolean"):
         load_rows(tmp_path / "u.csv", "unpaired")
     v = load_rows(tmp_path / "u.csv", "unpaired", on_bad_row="skip")
     assert [(r["label"], r["weight"]) for r in v.rows] == [(True, 1.0), (False, 2.5)] and v.skipped == 1
@@ -209,3 +209,22 @@ def test_apply_columns_keeps_swapped_mapping():
     rec = apply_columns(Records([{"prompt": "p", "chosen": "a", "rejected": "b"}], "m"),
                         {"chosen": "rejected", "rejected": "chosen"})
     assert (rec.rows[0]["chosen"], rec.rows[0]["rejected"]) == ("b", "a")
+
+
+def test_jsonl_row_and_line_differ_with_blank_lines(tmp_path):
+    path = tmp_path / "gaps.jsonl"
+    path.write_text(json.dumps(PAIRS[0]) + "\n\n\n" + json.dumps({"prompt": "p"}) + "\n")
+    with pytest.raises(DataError, match=r"gaps.jsonl, row 2 \(line 4\): missing field 'chosen'"):
+        load_rows(path, "pairwise")
+
+
+def test_csv_conversations_and_scores_as_json_cells(tmp_path):
+    conv = to_conversational(lab_pairs(1))[0]
+    with open(tmp_path / "c.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["prompt", "chosen", "rejected", "scores"])
+        w.writerow([json.dumps(conv["prompt"]), json.dumps(conv["chosen"]), "[1, 2]", json.dumps({"g": [1, 0]})])
+    v = load_rows(tmp_path / "c.csv", "pairwise")
+    r = v.rows[0]
+    assert r["conversational"] and r["prompt"][0]["role"] == "system" and r["scores"] == {"g": [1.0, 0.0]}
+    assert r["rejected"] == [{"role": "assistant", "content": "[1, 2]"}]  # not JSON-decoded: plain text

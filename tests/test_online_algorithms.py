@@ -98,6 +98,18 @@ def test_all_equal_groups_are_skipped_then_stop_with_a_message(tmp_path):
         run_train(cfg)
 
 
+def test_nothing_left_to_learn_stops_early_and_saves(tmp_path):
+    import online_reward_fns
+    online_reward_fns._calls["n"] = 0
+    cfg = _cfg(tmp_path, "rloo", train__steps=5, online__max_resample=1, data__eval_examples=0,
+               online__reward=[{"name": "online_reward_fns:varies_once"}])
+    with pytest.warns(UserWarning, match="training stopped before step 2"):
+        out = run_train(cfg)
+    assert out.result.steps == 1 and out.result.final_checkpoint.name == "checkpoint-1"
+    records = read_metrics(out.run_dir / "metrics.jsonl")
+    assert any("only zero advantages" in str(r.get("stopped_early", "")) for r in records)
+
+
 def test_dynamic_sampling_drops_all_equal_groups(tmp_path):
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in

@@ -202,3 +202,43 @@ def test_lora_policy_prefix_shared_equals_padded(models, reviews_tokenizer):
     for e, g in zip(expected + ref_expected, got + ref_got):
         assert torch.allclose(e.double(), g.double(), atol=TOL, rtol=0)
     assert not torch.allclose(expected[0], ref_expected[0])  # the adapters do change the outputs
+
+
+def _rollout_rows(seed: int = 0, prompts: int = 3, k: int = 4):
+    rng = random.Random(seed)
+    prompt_list = [[rng.randint(3, 300) for _ in range(rng.randint(1, 12))] for _ in range(prompts)]
+    prompt_ids = [p for p in prompt_list for _ in range(k)]
+    lengths = [rng.randint(1, 9) for _ in prompt_ids]
+    L = max(lengths)
+    response_ids = torch.zeros(len(prompt_ids), L, dtype=torch.long)
+    mask = torch.zeros(len(prompt_ids), L, dtype=torch.bool)
+    for i, n in enumerate(lengths):
+        response_ids[i, :n] = torch.tensor([rng.randint(3, 300) for _ in range(n)])
+        mask[i, :n] = True
+    return prompt_ids, response_ids, mask
+
+
+@pytest.mark.parametrize("prefix_sharing,padding_free", [(True, True), (True, False), (False, True)])
+def test_grouped_response_logps_equal_response_forward(reviews_tokenizer, prefix_sharing, padding_free):
+    """GRPO's training forward: the k samples of a prompt share it; logps, entropy, grads unchanged."""
+    from prefopt.models.prefix import grouped_response_logps
+    from prefopt.models.value import response_forward
+
+    pad = reviews_tokenizer.pad_token_id
+    model = load_model(ModelConfig(name_or_path="tiny:llama-1m"), reviews_tokenizer)
+    prompt_ids, response_ids, mask = _rollout_rows()
+    adv = torch.randn(mask.shape)
+
+    def run(fn, **kw):
+        model.zero_grad(set_to_none=True)
+        out = fn(model, prompt_ids, response_ids, mask, pad, entropy=True, **kw)
+        (out["logps"] * adv).sum().backward()
+        return out, {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    plain, g_plain = run(response_forward)
+    shared, g_shared = run(grouped_response_logps, prefix_sharing=prefix_sharing, padding_free=padding_free)
+    assert torch.allclose(shared["logps"], plain["logps"], atol=TOL, rtol=0)
+    assert torch.allclose(shared["entropy"], plain["entropy"], atol=TOL, rtol=0)
+    assert (shared["logps"][~mask] == 0).all() and (shared["entropy"][~mask] == 0).all()
+    for name, g in g_plain.items():
+        assert torch.allclose(g_shared[name], g, atol=TOL, rtol=0), name

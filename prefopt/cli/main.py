@@ -64,6 +64,9 @@ def cmd_train(args) -> int:
     from prefopt.train.config import TrainConfig
 
     config_path = args.config
+    if config_path and "=" in config_path and not Path(config_path).exists():
+        # `train --resume DIR key=value`: argparse hands the first override to the optional config
+        args.overrides, config_path = [config_path] + list(args.overrides), None
     if args.resume and config_path is None:
         config_path = str(Path(args.resume) / "config.yaml")
     cfg = load_config(TrainConfig, config_path, args.overrides)

@@ -40,6 +40,7 @@ class PackedLayout:
     src: (N,) long, flat index ``row * L + col`` of the position whose output predicts label n.
     labels: (N,) long, the label token ids.
     owner: (N,) long, output sequence (0..S-1) each label counts for.
+    label_pos: (N,) long, index of each label token within its continuation (0 = its first token).
     num_outputs: S.
     real_tokens: non-padding tokens in the layout (each shared prompt counted once).
     """
@@ -51,6 +52,7 @@ class PackedLayout:
     src: torch.Tensor
     labels: torch.Tensor
     owner: torch.Tensor
+    label_pos: torch.Tensor
     num_outputs: int
     real_tokens: int
 
@@ -130,6 +132,7 @@ def pack(groups: list[tuple[Tokens, list[Tokens]]], pad_id: int, *, padding_free
     src: list[int] = []
     labels: list[int] = []
     owner: list[int] = []
+    label_pos: list[int] = []
     for r, members in enumerate(rows):
         col = 0
         for g in members:
@@ -155,11 +158,12 @@ def pack(groups: list[tuple[Tokens, list[Tokens]]], pad_id: int, *, padding_free
                 src.extend(preds)
                 labels.extend(cont if P else cont[1:])
                 owner.extend([owners[g][k]] * len(preds))
+                label_pos.extend(range(n - len(preds), n))
                 col += n
     br[grp < 0] = -1
     return PackedLayout(ids, pos, grp, br, torch.tensor(src, dtype=torch.long),
                         torch.tensor(labels, dtype=torch.long), torch.tensor(owner, dtype=torch.long),
-                        num_outputs, int(sum(sizes)))
+                        torch.tensor(label_pos, dtype=torch.long), num_outputs, int(sum(sizes)))
 
 
 def split_rows(batch: SequenceBatch) -> list[tuple[Tokens, Tokens]]:
@@ -212,3 +216,24 @@ def pack_sequences(batch: SequenceBatch, pad_id: int, *, padding_free: bool = Tr
                    capacity: int | None = None) -> PackedLayout:
     """Layout of a SequenceBatch's rows (outputs in row order), without padding when ``padding_free``."""
     return pack([(p, [r]) for p, r in split_rows(batch)], pad_id, padding_free=padding_free, capacity=capacity)
+
+
+def pack_groups(prompt_ids: list[Tokens], responses: list[Tokens], pad_id: int, *, prefix_sharing: bool = True,
+                padding_free: bool = True, capacity: int | None = None) -> PackedLayout:
+    """Layout of N (prompt, response) rows whose outputs are the rows in order; with
+    ``prefix_sharing`` rows with the same prompt (e.g. the k samples of an online rollout) share
+    one copy of it."""
+    if not prefix_sharing:
+        return pack([(p, [r]) for p, r in zip(prompt_ids, responses)], pad_id, padding_free=padding_free,
+                    capacity=capacity)
+    index: dict[tuple[int, ...], int] = {}
+    groups: list[tuple[Tokens, list[Tokens]]] = []
+    owners: list[list[int]] = []
+    for i, (p, r) in enumerate(zip(prompt_ids, responses)):
+        g = index.setdefault(tuple(p), len(groups))
+        if g == len(groups):
+            groups.append((list(p), []))
+            owners.append([])
+        groups[g][1].append(r)
+        owners[g].append(i)
+    return pack(groups, pad_id, padding_free=padding_free, capacity=capacity, owners=owners)

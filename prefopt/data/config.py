@@ -12,7 +12,8 @@ class DataConfig:
         "tokenizer for tiny models. Set to null for real data only.")})
     task_options: dict = field(default_factory=dict, metadata={"help": "Options of the lab task, e.g. {digits: 3}."})
     path: str | None = field(default=None, metadata={"help": (
-        "Training data file (JSONL). SFT without a path trains on the task's corpus.")})
+        "Training data: a JSONL/JSON/Parquet/CSV file, a `datasets.save_to_disk` directory, a directory of data "
+        "files or a hub dataset name. SFT without a path trains on the task's corpus.")})
     eval_path: str | None = field(default=None, metadata={"help": "Held-out data file; default: a slice of the training data."})
     num_examples: int = field(default=2000, metadata={"help": "SFT examples drawn from the task corpus when no path is given."})
     eval_examples: int = field(default=128, metadata={"help": "Held-out examples used for evaluation."})

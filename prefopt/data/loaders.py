@@ -15,8 +15,8 @@ Text fields are strings, or lists of ``{role, content}`` messages (conversationa
 conversational pairwise row may omit ``prompt`` when chosen and rejected are whole
 conversations sharing every turn but the last (the prompt is that shared prefix).
 
-A bad row fails naming the source, the row (1-based; for JSONL the line), the column (as
-named in the source, with the field it maps to) and what was expected; with
+A bad row fails naming the source, the row (1-based, plus the JSONL line when they differ), the
+field or column (as named in the source, with the field it maps to) and what was expected; with
 ``on_bad_row="skip"`` it is dropped and counted instead.
 """
 from __future__ import annotations
@@ -83,14 +83,16 @@ def write_jsonl(path: str | Path, rows: list[dict]) -> None:
 
 @dataclass
 class Records:
-    """Raw rows of one source. ``row_labels[i]`` names row i in messages ("row 3", "line 7")."""
+    """Raw rows of one source. ``lines[i]`` is row i's line in the file (JSONL), when known."""
 
     rows: list[dict]
     source: str
-    row_labels: list[str] = field(default_factory=list)
+    lines: list[int] = field(default_factory=list)
 
     def label(self, i: int) -> str:
-        return self.row_labels[i] if self.row_labels else f"row {i + 1}"
+        """'row 3', or 'row 3 (line 5)' when blank lines make them differ."""
+        line = self.lines[i] if self.lines else i + 1
+        return f"row {i + 1}" + (f" (line {line})" if line != i + 1 else "")
 
 
 def _read_json(path: Path) -> list[dict]:
@@ -135,13 +137,17 @@ def _read_csv(path: Path, delimiter: str) -> list[dict]:
 
 
 def _maybe_json(value: str) -> Any:
-    """CSV cells holding JSON lists/objects (e.g. conversations, scores) are decoded."""
+    """CSV cells holding JSON objects or lists of objects (conversations, scores) are decoded;
+    any other text (even text that happens to be JSON, like "[1, 2]") stays a string."""
     s = value.strip()
     if s[:1] in "[{":
         try:
-            return json.loads(s)
+            decoded = json.loads(s)
         except json.JSONDecodeError:
             return value
+        if isinstance(decoded, dict) or (isinstance(decoded, list) and decoded
+                                         and all(isinstance(x, dict) for x in decoded)):
+            return decoded
     return value
 
 
@@ -230,7 +236,7 @@ def read_records(path: str | Path, *, fmt: str = "auto", split: str | None = Non
         raise DataError(f"{name}: file not found")
     if fmt == "jsonl":
         rows, lines = _read_jsonl(p)
-        return Records(rows, name, [f"line {n}" for n in lines])
+        return Records(rows, name, lines)
     if fmt == "json":
         rows = _read_json(p)
     elif fmt == "parquet":
@@ -281,7 +287,7 @@ def apply_columns(records: Records, columns: dict | None = None,
                                      else row.get(cols))
             new["scores"] = scores
         out.append(new)
-    return Records(out, records.source, records.row_labels)
+    return Records(out, records.source, records.lines)
 
 
 # --------------------------------------------------------------------------- validation
@@ -324,6 +330,8 @@ def _text(row: dict, name: str, required: bool = True):
     if name not in row or row[name] is None:
         if not required:
             return None
+        if name in row:
+            raise _RowError(name, "missing (the value is null)")
         present = ", ".join(sorted(k for k in row if not k.startswith("_"))) or "none"
         raise _RowError(name, f"missing (columns present: {present})")
     value = row[name]
@@ -472,10 +480,16 @@ def validate(rows: list[dict] | Records, schema: str, source: str | None = None,
         except _RowError as err:
             column = err.column
             mapped = (row.get("_columns") or {}).get(column) if column else None
-            where = (f", column '{mapped}' (mapped to '{column}')" if mapped and mapped != column
-                     else f", column '{column}'" if column else "")
             fields_ = ", ".join(SCHEMAS[schema])
-            message = (f"{source}, {records.label(i)}{where}: {err.message}; expected a {schema} row "
+            if column and err.message.startswith("missing"):
+                source_col = f" (source column '{mapped}')" if mapped and mapped != column else ""
+                what = f"missing field '{column}'{source_col}{err.message[len('missing'):]}"
+            else:
+                where = (f"column '{mapped}' (mapped to '{column}')" if mapped and mapped != column
+                         else f"column '{column}'" if column else "")
+                what = f"{where}: {err.message}" if where else err.message
+            article = "an" if schema[0] in "aeiou" else "a"
+            message = (f"{source}, {records.label(i)}: {what}; expected {article} {schema} row "
                        f"({fields_}){_wrong_schema_hint(row, schema)}")
             if on_bad_row == "error":
                 raise DataError(message) from None

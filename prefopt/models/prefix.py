@@ -62,39 +62,63 @@ def _mask(model: torch.nn.Module, layout: PackedLayout, device) -> torch.Tensor:
     return layout.attention_mask(dtype).to(device)
 
 
+def _label_logps(logits: torch.Tensor, labels: torch.Tensor, entropies: list | None) -> torch.Tensor:
+    """log softmax(logits)[labels] in fp32; appends the (detached) entropy to ``entropies`` if given."""
+    logits = logits.float()
+    lse = torch.logsumexp(logits, dim=-1)
+    if entropies is not None:
+        with torch.no_grad():
+            logp = logits.detach() - lse.detach().unsqueeze(-1)
+            entropies.append(-(logp.exp() * logp).sum(-1))
+    return logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1) - lse
+
+
 def _head_logps(head: torch.nn.Module, hidden: torch.Tensor, labels: torch.Tensor, softcap: float | None,
-                chunk_elems: int) -> torch.Tensor:
+                chunk_elems: int, entropies: list | None = None) -> torch.Tensor:
     """log softmax(head(hidden))[labels] for (N, d) hidden states, in row chunks of about
     ``chunk_elems`` logits.
 
     With several chunks and gradients on, each chunk's logits are recomputed in the backward pass
     instead of kept alive, so the working set is one chunk of logits, never N x V.
     """
-    def chunk_fn(h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        logits = head(h).float()
+    def chunk_fn(h: torch.Tensor, y: torch.Tensor, ent: list | None = None) -> torch.Tensor:
+        logits = head(h)
         if softcap is not None:
-            logits = torch.tanh(logits / softcap) * softcap
-        return logits.gather(-1, y.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+            logits = torch.tanh(logits.float() / softcap) * softcap
+        return _label_logps(logits, y, ent)
 
     n = hidden.shape[0]
     rows = max(16, chunk_elems // head.weight.shape[0])
     if n <= rows:
-        return chunk_fn(hidden, labels)
+        return chunk_fn(hidden, labels, entropies)
     recompute = torch.is_grad_enabled()
     parts = []
     for s in range(0, n, rows):
         h, y = hidden[s:s + rows], labels[s:s + rows]
         if recompute:
             from torch.utils.checkpoint import checkpoint
+            if entropies is not None:
+                with torch.no_grad():
+                    chunk_fn(h.detach(), y, entropies)
             parts.append(checkpoint(chunk_fn, h, y, use_reentrant=False))
         else:
-            parts.append(chunk_fn(h, y))
+            parts.append(chunk_fn(h, y, entropies))
     return torch.cat(parts)
 
 
-def layout_token_logps(model: torch.nn.Module, layout: PackedLayout, chunk_elems: int = 1 << 24) -> torch.Tensor:
+def layout_token_logps(model: torch.nn.Module, layout: PackedLayout, chunk_elems: int = 1 << 24,
+                       entropy: bool = False):
     """(N,) float32 log-prob of each label token of ``layout`` under ``model``; the LM head works on
-    about ``chunk_elems`` logits at a time."""
+    about ``chunk_elems`` logits at a time. With ``entropy``, returns (logps, entropies) where
+    entropies (N,) are those of the (detached) predicted distributions."""
+    ent: list | None = [] if entropy else None
+    logps = _layout_token_logps(model, layout, chunk_elems, ent)
+    if not entropy:
+        return logps
+    return logps, (torch.cat(ent) if ent else logps.new_zeros(0)).detach()
+
+
+def _layout_token_logps(model, layout: PackedLayout, chunk_elems: int, ent: list | None) -> torch.Tensor:
     device = next(model.parameters()).device
     layout = layout.to(device)
     mask = _mask(model, layout, device)
@@ -109,16 +133,13 @@ def layout_token_logps(model: torch.nn.Module, layout: PackedLayout, chunk_elems
                           use_cache=False).last_hidden_state
         picked = hidden.reshape(-1, hidden.shape[-1]).index_select(0, layout.src)
         softcap = getattr(config, "final_logit_softcapping", None)
-        return _head_logps(head, picked, layout.labels, softcap, chunk_elems)
+        return _head_logps(head, picked, layout.labels, softcap, chunk_elems, ent)
     logits = model(input_ids=layout.input_ids, attention_mask=mask, position_ids=layout.position_ids,
                    use_cache=False).logits
     picked = logits.reshape(-1, logits.shape[-1]).index_select(0, layout.src)
     rows = max(16, chunk_elems // picked.shape[-1])
-    out = []
-    for s in range(0, picked.shape[0], rows):
-        chunk = picked[s:s + rows].float()
-        y = layout.labels[s:s + rows]
-        out.append(chunk.gather(-1, y.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(chunk, -1))
+    out = [_label_logps(picked[s:s + rows], layout.labels[s:s + rows], ent)
+           for s in range(0, picked.shape[0], rows)]
     return torch.cat(out) if out else picked.new_zeros(0, dtype=torch.float32)
 
 
@@ -130,3 +151,35 @@ def layout_sequence_logps(model: torch.nn.Module, layout: PackedLayout) -> tuple
     counts = torch.zeros(layout.num_outputs, dtype=torch.float32, device=logps.device).index_add(
         0, owner, torch.ones_like(logps))
     return sums, counts
+
+
+def grouped_response_logps(model: torch.nn.Module, prompt_ids: list[list[int]], response_ids: torch.Tensor,
+                           response_mask: torch.Tensor, pad_id: int, *, entropy: bool = False,
+                           prefix_sharing: bool = True, padding_free: bool = True) -> dict[str, torch.Tensor]:
+    """Teacher-forced log-probs of responses in rollout layout, rows sharing a prompt computing it once.
+
+    The same outputs as ``prefopt.models.value.response_forward(..., values=False)``: ``logps``
+    (B, L) float32, 0 where ``response_mask`` is False, and with ``entropy`` the (detached) entropy
+    (B, L) of the next-token distribution at each response position. The k samples of one prompt
+    attend to a single copy of it and rows are packed without padding, so the forward and backward
+    run on about ``P + k * R`` tokens per prompt instead of ``k * max(P + R)``.
+    """
+    from prefopt.data.batching import pack_groups
+
+    mask = response_mask.to(torch.bool)
+    lengths = mask.sum(-1).tolist()
+    responses = [response_ids[i, :n].tolist() for i, n in enumerate(lengths)]
+    layout = pack_groups([list(p) for p in prompt_ids], responses, pad_id, prefix_sharing=prefix_sharing,
+                         padding_free=padding_free)
+    if not supports_packing(model, layout):
+        from prefopt.models.value import response_forward
+        return response_forward(model, prompt_ids, response_ids, response_mask, pad_id, entropy=entropy)
+    out = layout_token_logps(model, layout, entropy=entropy)
+    logps, ent = out if entropy else (out, None)
+    device = logps.device
+    B, L = response_ids.shape
+    index = (layout.owner.to(device), layout.label_pos.to(device))
+    result = {"logps": torch.zeros(B, L, dtype=logps.dtype, device=device).index_put(index, logps)}
+    if entropy:
+        result["entropy"] = torch.zeros(B, L, dtype=ent.dtype, device=device).index_put(index, ent)
+    return result

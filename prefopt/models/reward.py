@@ -159,6 +159,9 @@ def load_reward_model(path: str | Path, dtype: str = "float32"):
     """(model, metadata) of a saved reward model or ensemble directory."""
     from transformers import AutoModelForSequenceClassification
 
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
     path = Path(path)
     if not path.exists():
         raise PrefoptError(f"cannot load reward model '{path}': no such directory")

@@ -33,7 +33,7 @@ class LoopConfig:
 @dataclass
 class AlgoConfig:
     name: str = field(default="dpo", metadata={"help": (
-        "Algorithm: sft, dpo (any pairwise loss below); online: rloo, grpo, dr_grpo, dapo, remax, reinforce_pp, "
+        "Algorithm: sft, dpo (any pairwise loss below), kto, reward_model; online: rloo, grpo, dr_grpo, dapo, remax, reinforce_pp, "
         "ppo, online_dpo, iterative_dpo, raft.")})
     loss: str = field(default="dpo", metadata={"help": "Pairwise loss for preference algorithms (dpo, ipo, simpo, ...)."})
     beta: float = field(default=0.1, metadata={"help": "KL strength β of preference losses."})
@@ -50,8 +50,9 @@ class AlgoConfig:
 @dataclass
 class PerfConfig:
     prefix_sharing: bool = field(default=True, metadata={"help": (
-        "Preference pairs: compute each prompt once and let chosen and rejected attend to it (one forward over "
-        "[prompt, chosen, rejected] with a block attention mask). Exact; needs sdpa or eager attention.")})
+        "Compute each prompt once and let every response to it attend to that copy: chosen and rejected of a "
+        "preference pair, the k samples of an online rollout (one forward with a block attention mask). Exact; "
+        "needs sdpa or eager attention.")})
     padding_free: bool = field(default=True, metadata={"help": (
         "Pack several pairs/sequences per row instead of padding every row to the longest. Exact; needs sdpa or "
         "eager attention (other models fall back to padded rows).")})

@@ -10,13 +10,14 @@ from __future__ import annotations
 import math
 import random
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
 
-from prefopt.errors import TrainingError
+from prefopt.errors import StopTraining, TrainingError
 from prefopt.optim import needs_create_graph
 from prefopt.train.algorithms.base import Algorithm
 from prefopt.train.checkpoint import (latest_checkpoint, load_model_weights, load_trainer_state,
@@ -95,7 +96,14 @@ def train(model: torch.nn.Module, algorithm: Algorithm, optimizer: torch.optim.O
         for step in range(start + 1, cfg.steps + 1):
             # Snapshot of what a checkpoint of the previous step holds, for Ctrl-C mid-step.
             before = {"algorithm": algorithm.state_dict(), "rng": rng_state()}
-            last = _one_step(model, algorithm, optimizer, scheduler, params, cfg, step)
+            try:
+                last = _one_step(model, algorithm, optimizer, scheduler, params, cfg, step)
+            except StopTraining as stop:  # the algorithm has nothing left to learn: finish cleanly
+                optimizer.zero_grad(set_to_none=True)
+                logger.log({"step": step - 1, "stopped_early": str(stop)})
+                warnings.warn(f"training stopped before step {step}: {stop}", stacklevel=2)
+                step -= 1
+                break
             if state_bytes_fn is not None:
                 last["memory/optimizer_state_bytes"] = float(state_bytes_fn(optimizer))
             logger.log(last)

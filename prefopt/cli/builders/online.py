@@ -133,7 +133,8 @@ def build_policy_gradient(cfg: TrainConfig, model, tokenizer) -> tuple[Algorithm
     reference = _reference(cfg, model, settings.kl_coef > 0) if settings.kl_coef > 0 or cfg.online.eval_kl else None
     exp = _experience(cfg, model, tokenizer, k=settings.num_generations, reward=reward, reference=reference, task=task)
     algo = PolicyGradient(cfg.algo.name, settings, exp, reference=reference,
-                          max_new_tokens=cfg.rollout.max_new_tokens, seed=cfg.train.seed)
+                          max_new_tokens=cfg.rollout.max_new_tokens, seed=cfg.train.seed,
+                          prefix_sharing=cfg.perf.prefix_sharing, padding_free=cfg.perf.padding_free)
     if settings.value_head:
         attach_value_head(model, separate=cfg.online.critic == "separate")
         algo.attach(model)

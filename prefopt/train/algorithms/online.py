@@ -26,11 +26,12 @@ from typing import Any
 
 import torch
 
-from prefopt.errors import ConfigError, TrainingError
+from prefopt.errors import ConfigError, StopTraining, TrainingError
 from prefopt.losses.reductions import aggregate_loss, masked_mean, masked_sum, step_normalizer
 from prefopt.losses.rl import (AdaptiveKLController, explained_variance, gae, grpo_advantages,
                                is_all_equal_group, kl_estimate, ppo_policy_loss, reinforce_pp_advantages,
                                remax_advantages, rloo_advantages, value_loss, whiten)
+from prefopt.models.prefix import grouped_response_logps, supports_packing
 from prefopt.models.value import get_value_head, response_forward
 from prefopt.rollout.engine import SamplingConfig, generate
 from prefopt.rollout.scorers import RewardOutput, WeightedReward
@@ -356,8 +357,11 @@ class PolicyGradient(Algorithm):
     """
 
     def __init__(self, name: str, settings: PGSettings, experience: Experience, *, reference=None,
-                 max_new_tokens: int, seed: int = 0):
+                 max_new_tokens: int, seed: int = 0, prefix_sharing: bool = True, padding_free: bool = True):
         self.name, self.s, self.exp = name, settings, experience
+        # perf.*: the k samples of a prompt share one copy of it in the training forward, rows packed
+        # without padding (exact; prefopt.models.prefix.grouped_response_logps)
+        self.prefix_sharing, self.padding_free = prefix_sharing, padding_free
         self.reference = reference if settings.kl_coef > 0 else None
         self.max_new_tokens = max_new_tokens
         self.seed = seed
@@ -414,10 +418,12 @@ class PolicyGradient(Algorithm):
         if s.dynamic_sampling:
             self.step_counts["rollout/dropped_groups"] = self.step_counts.get("rollout/dropped_groups", 0) + dropped
         if not kept:
-            raise TrainingError(
-                f"{s.max_resample + 1} rollout batches in a row had only zero advantages (every sample of a "
-                "prompt got the same reward), so there is nothing to learn from; raise rollout.temperature "
-                "or online.num_generations, or check the reward (online.reward)")
+            message = (f"{s.max_resample + 1} rollout batches in a row had only zero advantages (every sample of "
+                       "a prompt got the same reward), so there is nothing to learn from")
+            if self.rollouts:  # the policy has converged on this reward: finish (evaluate, save) cleanly
+                raise StopTraining(message + f" after {self.rollouts} rollout batches")
+            raise TrainingError(message + "; raise rollout.temperature or online.num_generations, or check the "
+                                "reward (online.reward)")
         self._build(model, kept)
 
     def _subset(self, sampled: Sampled, scores: RewardOutput, keep: torch.Tensor, baseline):
@@ -541,8 +547,13 @@ class PolicyGradient(Algorithm):
 
     def compute_loss(self, model, batch: PGBatch) -> StepLoss:
         s = self.s
-        out = response_forward(model, batch.prompt_ids, batch.response_ids, batch.mask, self.exp.pad_id,
-                               values=s.value_head, entropy=True)
+        if not s.value_head and (self.prefix_sharing or self.padding_free) and supports_packing(model):
+            out = grouped_response_logps(model, batch.prompt_ids, batch.response_ids, batch.mask, self.exp.pad_id,
+                                         entropy=True, prefix_sharing=self.prefix_sharing,
+                                         padding_free=self.padding_free)
+        else:
+            out = response_forward(model, batch.prompt_ids, batch.response_ids, batch.mask, self.exp.pad_id,
+                                   values=s.value_head, entropy=True)
         device = out["logps"].device
         mask = batch.mask.to(device)
         logp = out["logps"]

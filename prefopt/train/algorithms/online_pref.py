@@ -18,7 +18,7 @@ from typing import Callable
 import torch
 
 from prefopt.data.tokenize import EncodedPair, collate_pairs, collate_sequences
-from prefopt.errors import TrainingError
+from prefopt.errors import StopTraining, TrainingError
 from prefopt.models.logprobs import token_logps
 from prefopt.rollout.scorers import Judge
 from prefopt.train.algorithms.base import Algorithm, StepLoss
@@ -86,6 +86,7 @@ class OnlineDPO(_PairwiseLossMixin, Algorithm):
         self.prompts_per_step, self.max_resample = prompts_per_step, max_resample
         self.counts: dict[str, float] = {}
         self.metrics: dict[str, float] = {}
+        self.steps_done = 0
         self._learn = {"tokens": 0, "t0": 0.0}
 
     def _label(self, sampled: Sampled) -> tuple[list[tuple[int, int]], dict]:
@@ -127,9 +128,12 @@ class OnlineDPO(_PairwiseLossMixin, Algorithm):
                 break
             self.counts["rollout/skipped_batches"] = self.counts.get("rollout/skipped_batches", 0) + 1
         else:
-            raise TrainingError(f"{self.max_resample + 1} rollout batches in a row had no orderable pair (both "
-                                "samples of every prompt scored the same); raise rollout.temperature or check "
-                                "the reward / judge")
+            message = (f"{self.max_resample + 1} rollout batches in a row had no orderable pair (both samples of "
+                       "every prompt scored the same)")
+            if self.steps_done:  # converged on this reward: finish cleanly
+                raise StopTraining(message)
+            raise TrainingError(message + "; raise rollout.temperature or check the reward / judge")
+        self.steps_done += 1
         self.metrics = m
         rows = [EncodedPair(sampled.rollout.prompt_ids[c], _response(sampled, c), _response(sampled, r), i)
                 for i, (c, r) in enumerate(pairs)]
@@ -161,11 +165,12 @@ class OnlineDPO(_PairwiseLossMixin, Algorithm):
         return self.exp.evaluate(model)
 
     def state_dict(self) -> dict:
-        return {"experience": self.exp.state_dict(), "counts": dict(self.counts)}
+        return {"experience": self.exp.state_dict(), "counts": dict(self.counts), "steps_done": self.steps_done}
 
     def load_state_dict(self, state: dict) -> None:
         self.exp.load_state_dict(state["experience"])
         self.counts = dict(state["counts"])
+        self.steps_done = int(state.get("steps_done", 0))
 
 
 class _Rounds(Algorithm):
@@ -299,15 +304,23 @@ class IterativeDPO(_PairwiseLossMixin, _Rounds):
 
 
 class RAFT(_Rounds):
-    """Reward-ranked fine-tuning: SFT (token-mean NLL) on each prompt's best of n samples."""
+    """Reward-ranked fine-tuning: SFT (token-mean NLL) on each prompt's best of n samples.
+
+    Prompts whose samples all got the same reward are skipped (and counted): they say nothing
+    about which response is better."""
 
     name = "raft"
 
     def _make_rows(self, model, sampled: Sampled, rewards: list[float]) -> list[tuple[list[int], list[int]]]:
-        rows = []
+        rows, tied = [], 0
         for p in range(len(rewards) // self.k):
-            best = max(range(p * self.k, p * self.k + self.k), key=lambda i: rewards[i])
+            group = range(p * self.k, p * self.k + self.k)
+            best = max(group, key=lambda i: rewards[i])
+            if all(rewards[i] == rewards[best] for i in group):
+                tied += 1  # no ranking: with a pass/fail reward, "best" could be a wrong answer
+                continue
             rows.append((sampled.rollout.prompt_ids[best], _response(sampled, best)))
+        self.counts["round/tied_prompts_dropped"] = float(tied)
         self.counts["round/best_reward"] = _mean(
             [max(rewards[p * self.k:(p + 1) * self.k]) for p in range(len(rewards) // self.k)])
         return rows
