@@ -8,7 +8,8 @@ import torch
 
 # Keep the suite's caches inside the test session, never in the user's home.
 os.environ.setdefault("PREFOPT_CACHE", os.path.join(os.path.dirname(__file__), "..", ".cache", "prefopt-tests"))
-torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+# Tiny models gain little from intra-op threads, and one thread keeps a shared machine responsive.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

@@ -55,7 +55,7 @@ def test_mask_of_a_shared_prefix_pair():
     # labels: prompt's last token predicts both first response tokens
     assert list(zip(lay.src.tolist(), lay.labels.tolist(), lay.owner.tolist())) == [
         (1, 3, 0), (2, 4, 0), (1, 5, 1), (5, 7, 2)]
-    f = lay.attention_mask(torch.float32)
+    f = lay.attention_mask(torch.float32)  # the additive form sdpa and eager get
     assert (f[0, 0][torch.tensor(m) == 1] == 0).all() and (f[0, 0][torch.tensor(m) == 0] < -1e30).all()
 
 

@@ -28,7 +28,9 @@ from prefopt.data.batching import PackedLayout
 _PLAIN_HEAD = {"llama", "mistral", "qwen2", "qwen3", "gpt2", "gemma", "gemma2", "gemma3_text", "phi3", "olmo",
                "olmo2", "smollm3", "starcoder2", "stablelm", "gpt_neox", "phi", "qwen2_moe", "qwen3_moe",
                "mixtral"}
-_MASK_IMPLS = {"sdpa": torch.bool, "eager": None}  # eager adds a float mask, sdpa takes a boolean one
+# Both take an additive float mask. (sdpa would accept a boolean one, but converts it to a new float
+# mask in every layer and keeps each copy for the backward pass.)
+_MASK_IMPLS = {"sdpa": None, "eager": None}
 
 
 def _causal_lm(model: torch.nn.Module) -> torch.nn.Module:
