@@ -66,7 +66,7 @@ def main() -> int:
         start = {k: float(v) for k, v in starts[start_key].items()}
         start["kl_to_ref"] = 0.0
         points = [(0, start)] + [(int(r["step"]), {k[5:]: v for k, v in r.items() if k.startswith("eval/")}) for r in evals]
-        name = cfg["algo"]["name"]
+        name = cfg["algo"]["name"] if cfg["algo"]["name"] not in summary else cfg["run_name"]
         curves[name] = [(float(m.get("kl_to_ref", float("nan"))), float(m[key])) for _, m in points if key in m]
         times = [r["time/step_s"] for r in train_rows[1:]] or [r["time/step_s"] for r in train_rows]
         summary[name] = {

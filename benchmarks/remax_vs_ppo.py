@@ -74,6 +74,9 @@ def run_phase(name: str, args) -> dict:
     }
     for section, values in PHASES[name].items():
         data.setdefault(section, {}).update(values)
+    from prefopt.cli.config import apply_override
+    for override in args.set or []:
+        apply_override(data, override)
     cfg = from_dict(TrainConfig, data)
     t0 = time.perf_counter()
     out = run_train(cfg)
@@ -104,6 +107,8 @@ def main() -> int:
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--phases", default=",".join(PHASES), help="comma-separated subset of " + ", ".join(PHASES))
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="config override for every phase, e.g. perf.padding_free=false (repeatable)")
     p.add_argument("--out", default="runs/bench/remax_vs_ppo.json")
     p.add_argument("--phase", help=argparse.SUPPRESS)
     p.add_argument("--workdir", help=argparse.SUPPRESS)
@@ -119,6 +124,7 @@ def main() -> int:
             cmd = [sys.executable, __file__, "--phase", phase, "--workdir", work, "--model", args.model,
                    "--steps", str(args.steps), "--prompts", str(args.prompts),
                    "--max-new-tokens", str(args.max_new_tokens), "--threads", str(args.threads)]
+            cmd += [f"--set={o}" for o in args.set or []]
             print(f"[{phase}] running {args.steps} steps on {args.model} ...", flush=True)
             proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
             if proc.returncode != 0:
@@ -131,7 +137,7 @@ def main() -> int:
                   flush=True)
     by = {r["phase"]: r for r in results}
     summary = {"model": args.model, "prompts_per_step": args.prompts, "max_new_tokens": args.max_new_tokens,
-               "threads": args.threads, "phases": results}
+               "threads": args.threads, "overrides": args.set or [], "phases": results}
     if "remax" in by:
         for ppo in ("ppo", "ppo_separate"):
             if ppo in by:

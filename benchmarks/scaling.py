@@ -193,9 +193,11 @@ def plot(report: dict, path: Path) -> None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="tiny model and sizes (the test suite's smoke run)")
-    ap.add_argument("--steps", type=int, default=None, help="timed steps per point (default 3; --quick 2)")
+    ap.add_argument("--steps", type=int, default=None, help="timed steps per point (default 4; --quick 2)")
     ap.add_argument("--rounds", type=int, default=None, help="measurements of each point, interleaved (default 2; --quick 1)")
-    ap.add_argument("--threads", default="auto", help="torch threads ('auto': cores, or 1 on a busy machine)")
+    ap.add_argument("--threads", default="1", help=(
+        "torch threads for every point and the matmul peak (default 1: the sweep's points stay comparable "
+        "when other jobs share the machine; 'auto' = the cores, or 1 when the load average exceeds them)"))
     ap.add_argument("--out", default="runs/bench/scaling.json")
     ap.add_argument("--no-plot", action="store_true")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -214,7 +216,7 @@ def main(argv=None) -> int:
     cores = os.cpu_count() or 1
     threads = (1 if os.getloadavg()[0] > cores else cores) if args.threads == "auto" else int(args.threads)
     model, base, sweeps = (QUICK_MODEL, QUICK_BASE, QUICK_SWEEPS) if args.quick else (MODEL, BASE, SWEEPS)
-    steps = args.steps or (2 if args.quick else 3)
+    steps = args.steps or (2 if args.quick else 4)
     rounds = args.rounds or (1 if args.quick else 2)
     timeout = 120 if args.quick else 600
     t0 = time.perf_counter()

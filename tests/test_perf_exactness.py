@@ -242,3 +242,17 @@ def test_grouped_response_logps_equal_response_forward(reviews_tokenizer, prefix
     assert (shared["logps"][~mask] == 0).all() and (shared["entropy"][~mask] == 0).all()
     for name, g in g_plain.items():
         assert torch.allclose(g_shared[name], g, atol=TOL, rtol=0), name
+
+
+def test_row_length_trades_padding_against_attention():
+    from prefopt.data.batching import choose_rows
+
+    sizes = [10, 9, 9, 8, 8, 7]
+    one_per_row = choose_rows(sizes, attention_cost=10.0)  # attention dear: rows no longer than needed
+    assert max(sum(sizes[i] for i in r) for r in one_per_row) == 10 and len(one_per_row) == 6
+    packed = choose_rows(sizes, attention_cost=0.0)  # attention free: least padding
+    L = max(sum(sizes[i] for i in r) for r in packed)
+    assert len(packed) * L < 6 * 10
+    assert sorted(i for r in packed for i in r) == list(range(6))
+    fixed = choose_rows(sizes, capacity=18)
+    assert all(sum(sizes[i] for i in r) <= 18 for r in fixed) and len(fixed) == 3

@@ -15,8 +15,10 @@ its own padded row: the computation is exact, only the wasted work is gone.
 sequence the label counts for, so the LM head runs only on label positions and per-sequence sums
 are one ``index_add``.
 
-Packing is first-fit decreasing into rows of ``capacity`` tokens (by default the longest item, so
-no row is longer than the longest sequence or pair would be alone).
+Packing is first-fit decreasing into rows of ``capacity`` tokens. By default the row length is
+chosen among 1-3x the longest item to minimise the padded work ``rows * L * (1 + attention_cost *
+L)``: every row is padded to the longest row ``L``, and attention under a custom mask costs
+``~L`` per token (``attention_cost`` ~ 1/(6 x hidden size) relative to the matmuls).
 """
 from __future__ import annotations
 
@@ -98,8 +100,31 @@ def _first_fit_decreasing(lengths: list[int], capacity: int) -> list[list[int]]:
     return bins
 
 
+CAPACITY_FACTORS = (1.0, 1.25, 1.5, 2.0, 3.0)
+
+
+def choose_rows(sizes: list[int], capacity: int | None = None, attention_cost: float = 1 / 768) -> list[list[int]]:
+    """Rows (lists of item indices) packing items of ``sizes`` tokens: first-fit decreasing into
+    ``capacity`` tokens, or, without it, the candidate capacity (``CAPACITY_FACTORS`` x the
+    longest item) with the least padded work ``rows * L * (1 + attention_cost * L)``."""
+    longest = max(sizes)
+    if capacity is not None:
+        return _first_fit_decreasing(sizes, max(longest, capacity))
+    best, best_cost = None, float("inf")
+    for factor in CAPACITY_FACTORS:
+        rows = _first_fit_decreasing(sizes, int(longest * factor))
+        L = max(sum(sizes[i] for i in r) for r in rows)
+        cost = len(rows) * L * (1 + attention_cost * L)
+        if cost < best_cost:
+            best, best_cost = rows, cost
+        if len(rows) == 1:
+            break
+    return best
+
+
 def pack(groups: list[tuple[Tokens, list[Tokens]]], pad_id: int, *, padding_free: bool = True,
-         capacity: int | None = None, owners: list[list[int]] | None = None) -> PackedLayout:
+         capacity: int | None = None, owners: list[list[int]] | None = None,
+         attention_cost: float = 1 / 768) -> PackedLayout:
     """Lay out groups ``(prompt, [continuation, ...])`` for one forward pass.
 
     Each continuation is one output sequence: its labels are its own tokens, predicted from the
@@ -108,7 +133,7 @@ def pack(groups: list[tuple[Tokens, list[Tokens]]], pad_id: int, *, padding_free
     empty prompt cannot have its first token predicted; it is skipped, as a plain forward would.
 
     ``padding_free``: pack several groups per row (first-fit decreasing, rows of ``capacity``
-    tokens, default the longest group); otherwise one group per row.
+    tokens, by default chosen by :func:`choose_rows`); otherwise one group per row.
     """
     sizes = [len(p) + sum(len(c) for c in conts) for p, conts in groups]
     if owners is None:
@@ -118,8 +143,7 @@ def pack(groups: list[tuple[Tokens, list[Tokens]]], pad_id: int, *, padding_free
             k += len(conts)
     num_outputs = 1 + max((o for row in owners for o in row), default=-1)
     if padding_free and groups:
-        cap = max(max(sizes), capacity or 0)
-        rows = _first_fit_decreasing(sizes, cap)
+        rows = choose_rows(sizes, capacity, attention_cost)
         rows.sort(key=lambda r: min(r))  # deterministic, roughly dataset order
     else:
         rows = [[g] for g in range(len(groups))]
@@ -196,7 +220,7 @@ def pair_groups(batch: PreferenceBatch) -> list[tuple[Tokens, list[Tokens]]] | N
 
 
 def pack_pairs(batch: PreferenceBatch, pad_id: int, *, prefix_sharing: bool = True, padding_free: bool = True,
-               capacity: int | None = None) -> PackedLayout:
+               capacity: int | None = None, attention_cost: float = 1 / 768) -> PackedLayout:
     """Layout of B pairs whose outputs are ``[chosen_0..chosen_{B-1}, rejected_0..rejected_{B-1}]``.
 
     With ``prefix_sharing`` each pair's prompt appears once and both responses attend to it;
@@ -207,25 +231,28 @@ def pack_pairs(batch: PreferenceBatch, pad_id: int, *, prefix_sharing: bool = Tr
     groups = pair_groups(batch) if prefix_sharing else None
     if groups is not None:
         return pack(groups, pad_id, padding_free=padding_free, capacity=capacity,
-                    owners=[[i, B + i] for i in range(B)])
+                    owners=[[i, B + i] for i in range(B)], attention_cost=attention_cost)
     rows = split_rows(batch.chosen) + split_rows(batch.rejected)
-    return pack([(p, [r]) for p, r in rows], pad_id, padding_free=padding_free, capacity=capacity)
+    return pack([(p, [r]) for p, r in rows], pad_id, padding_free=padding_free, capacity=capacity,
+                attention_cost=attention_cost)
 
 
 def pack_sequences(batch: SequenceBatch, pad_id: int, *, padding_free: bool = True,
-                   capacity: int | None = None) -> PackedLayout:
+                   capacity: int | None = None, attention_cost: float = 1 / 768) -> PackedLayout:
     """Layout of a SequenceBatch's rows (outputs in row order), without padding when ``padding_free``."""
-    return pack([(p, [r]) for p, r in split_rows(batch)], pad_id, padding_free=padding_free, capacity=capacity)
+    return pack([(p, [r]) for p, r in split_rows(batch)], pad_id, padding_free=padding_free, capacity=capacity,
+                attention_cost=attention_cost)
 
 
 def pack_groups(prompt_ids: list[Tokens], responses: list[Tokens], pad_id: int, *, prefix_sharing: bool = True,
-                padding_free: bool = True, capacity: int | None = None) -> PackedLayout:
+                padding_free: bool = True, capacity: int | None = None,
+                attention_cost: float = 1 / 768) -> PackedLayout:
     """Layout of N (prompt, response) rows whose outputs are the rows in order; with
     ``prefix_sharing`` rows with the same prompt (e.g. the k samples of an online rollout) share
     one copy of it."""
     if not prefix_sharing:
         return pack([(p, [r]) for p, r in zip(prompt_ids, responses)], pad_id, padding_free=padding_free,
-                    capacity=capacity)
+                    capacity=capacity, attention_cost=attention_cost)
     index: dict[tuple[int, ...], int] = {}
     groups: list[tuple[Tokens, list[Tokens]]] = []
     owners: list[list[int]] = []
@@ -236,4 +263,5 @@ def pack_groups(prompt_ids: list[Tokens], responses: list[Tokens], pad_id: int, 
             owners.append([])
         groups[g][1].append(r)
         owners[g].append(i)
-    return pack(groups, pad_id, padding_free=padding_free, capacity=capacity, owners=owners)
+    return pack(groups, pad_id, padding_free=padding_free, capacity=capacity, owners=owners,
+                attention_cost=attention_cost)

@@ -55,6 +55,13 @@ def supports_packing(model: torch.nn.Module, layout: PackedLayout | None = None)
     return window is None or layout is None or int(layout.position_ids.max()) < window
 
 
+def attention_cost(model: torch.nn.Module) -> float:
+    """Attention cost per token and unit of row length relative to the matmuls, ~1/(6 x hidden):
+    what :func:`prefopt.data.batching.choose_rows` trades row length against padding with."""
+    hidden = getattr(getattr(_causal_lm(model), "config", None), "hidden_size", None) or 128
+    return 1.0 / (6 * hidden)
+
+
 def _mask(model: torch.nn.Module, layout: PackedLayout, device) -> torch.Tensor:
     config = _causal_lm(model).config
     impl = getattr(config, "_attn_implementation", None)
@@ -172,7 +179,7 @@ def grouped_response_logps(model: torch.nn.Module, prompt_ids: list[list[int]], 
     lengths = mask.sum(-1).tolist()
     responses = [response_ids[i, :n].tolist() for i, n in enumerate(lengths)]
     layout = pack_groups([list(p) for p in prompt_ids], responses, pad_id, prefix_sharing=prefix_sharing,
-                         padding_free=padding_free)
+                         padding_free=padding_free, attention_cost=attention_cost(model))
     if not supports_packing(model, layout):
         from prefopt.models.value import response_forward
         return response_forward(model, prompt_ids, response_ids, response_mask, pad_id, entropy=entropy)

@@ -36,7 +36,7 @@ class OnlineConfig:
     prompts_per_step: int = field(default=16, metadata={"help": (
         "Prompts sampled per rollout batch (each gets num_generations responses).")})
     num_generations: int | None = field(default=None, metadata={"help": (
-        "Responses sampled per prompt (k). Default: 4; remax 1; online_dpo 2; iterative_dpo/raft 4.")})
+        "Responses sampled per prompt (k). Default: 4; remax and ppo 1; online_dpo 2 (fixed).")})
     num_prompts: int = field(default=4096, metadata={"help": (
         "Size of the training prompt pool drawn from the lab task (data.task); a data.path JSONL gives its own.")})
     epochs: int = field(default=1, metadata={"help": (
