@@ -3,7 +3,7 @@
 One set of inputs -- a synthetic preference dataset with prompts and responses of varied length,
 a word-level tokenizer built locally (so both libraries see exactly the same token ids: the run
 checks it), one randomly initialised tiny Llama saved to a temp dir so both load identical weights
--- then phases run interleaved A B C D, A B C D, ... each in its own subprocess (so peak RSS is per
+-- then phases run interleaved A B C D, D C B A, ... each in its own subprocess (so peak RSS is per
 phase). Same batch size, AdamW with the same lr (torch's implementation in both), constant
 schedule, gradient clipping 1.0, fp32, no gradient checkpointing, no eval, no checkpoints during
 training, data in the same (sequential) order.
@@ -15,7 +15,7 @@ DPO phases (sigmoid loss, beta 0.1, 16 pairs per step, 30 steps):
                     algo.reference=precomputed (cached reference log-probs, no reference model)
   prefopt_dpo_live  prefopt defaults with algo.reference=copy (a reference pass every step,
                     holding no graph): the like-for-like match of TRL's default
-GRPO phases (4 generations per prompt, 32 new tokens, 16 completions per step, beta 0):
+GRPO phases (4 generations per prompt, 32 new tokens, 16 completions per step, beta 0, 16 steps):
   trl_grpo          TRL GRPOTrainer (transformers' model.generate)
   prefopt_grpo      prefopt's grpo (its own rollout engine)
 
@@ -26,7 +26,7 @@ the loss of every step. The summary gives medians over rounds, the ratios prefop
 far the DPO loss curves of the two libraries are apart.
 
 Run (needs the bench extra: pip install -e ".[bench]", best in its own venv):
-    .venv-bench/bin/python benchmarks/vs_trl.py                # full: ~10 min on 2 CPU cores
+    .venv-bench/bin/python benchmarks/vs_trl.py                # full: 3-10 min on 2 CPU cores (load)
     .venv-bench/bin/python benchmarks/vs_trl.py --quick        # smoke run: tiny sizes, 1 round
 Writes runs/bench/vs_trl.json (``--out``).
 """

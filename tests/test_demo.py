@@ -25,6 +25,11 @@ def test_demo_pipeline_reduced(tmp_path):
         assert (tmp_path / "demo" / stage / "metrics.jsonl").exists()
         assert list((tmp_path / "demo" / stage).glob("checkpoint-*/model/model.safetensors"))
 
+    # Deterministic for a given seed: a second run gives the same figures.
+    again = run_demo(cfg, tmp_path / "again", log=lambda *_: None)
+    summary.pop("seconds"), again.pop("seconds")
+    assert again == summary
+
 
 def test_cli_errors_are_one_line(tmp_path, capsys):
     assert main(["train", str(tmp_path / "missing.yaml")]) == 2
