@@ -31,8 +31,16 @@ demo: $(STAMP)
 test: $(DEV_STAMP)
 	$(BIN)/python -m pytest -q
 
-bench: $(DEV_STAMP)
-	$(BIN)/pip install -q -e ".[bench]"
+# TRL lives in its own venv so its pinned transformers/accelerate never touch .venv.
+BENCH := .venv-bench
+$(BENCH)/.installed: pyproject.toml
+	$(PY) -m venv $(BENCH)
+	$(BENCH)/bin/pip install -q $(TORCH)
+	$(BENCH)/bin/pip install -q -e ".[bench,dev]"
+	touch $@
+
+bench: $(BENCH)/.installed
+	$(BENCH)/bin/python benchmarks/vs_trl.py
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(BENCH) runs .pytest_cache
