@@ -58,6 +58,19 @@ def test_arithmetic_exact_match():
     assert all(t.gold([p], [r])["correct"] == [1.0] for p, r in t.sft_corpus(50))
 
 
+def test_arithmetic_split_is_not_a_function_of_digit_sum():
+    """Held-out problems must look like training ones (an earlier hash split by digit sum mod 5)."""
+    t = get_task("arithmetic", digits=2, ops="+")
+
+    def digit_sum_mod5(p):
+        return sum(int(c) for c in p if c.isdigit()) % 5
+
+    for split in ("train", "eval"):
+        classes = [digit_sum_mod5(p) for p in t.prompts(split, 2000, seed=0)]
+        shares = [classes.count(k) / len(classes) for k in range(5)]
+        assert max(shares) < 0.3, (split, shares)
+
+
 def test_arithmetic_bad_options():
     with pytest.raises(ConfigError, match="digits"):
         get_task("arithmetic", digits=0)
