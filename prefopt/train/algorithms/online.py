@@ -58,6 +58,12 @@ ALGORITHM_DEFAULTS: dict[str, dict[str, Any]] = {
 PG_ALGORITHMS = tuple(ALGORITHM_DEFAULTS)
 
 
+def learner_throughput(learn: dict) -> dict[str, float]:
+    """``learner/tokens_per_s`` from a {"tokens", "t0"} record started when the step's batches were made."""
+    dt = time.perf_counter() - learn["t0"]
+    return {"learner/tokens_per_s": learn["tokens"] / dt} if dt > 0 and learn["tokens"] else {}
+
+
 @dataclass
 class PGSettings:
     """Every knob of :class:`PolicyGradient`, resolved (no ``None``)."""
@@ -581,9 +587,7 @@ class PolicyGradient(Algorithm):
         m = dict(self.buffer_metrics)
         m.update(self.exp.pop_metrics())
         m.update(self.step_counts)
-        dt = time.perf_counter() - self._learn["t0"]
-        if dt > 0 and self._learn["tokens"]:
-            m["learner/tokens_per_s"] = self._learn["tokens"] / dt
+        m.update(learner_throughput(self._learn))
         return m
 
     def evaluate(self, model) -> dict[str, float]:

@@ -22,7 +22,7 @@ from prefopt.errors import StopTraining, TrainingError
 from prefopt.models.logprobs import token_logps
 from prefopt.rollout.scorers import Judge
 from prefopt.train.algorithms.base import Algorithm, StepLoss
-from prefopt.train.algorithms.online import Experience, Sampled, _mean
+from prefopt.train.algorithms.online import Experience, Sampled, _mean, learner_throughput
 from prefopt.train.algorithms.preference import pair_logps
 from prefopt.train.sampler import EpochSampler
 from prefopt.types import PreferenceBatch, SequenceBatch
@@ -156,9 +156,7 @@ class OnlineDPO(_PairwiseLossMixin, Algorithm):
 
     def step_metrics(self) -> dict[str, float]:
         m = {**self.metrics, **self.exp.pop_metrics(), **self.counts}
-        dt = time.perf_counter() - self._learn["t0"]
-        if dt > 0 and self._learn["tokens"]:
-            m["learner/tokens_per_s"] = self._learn["tokens"] / dt
+        m.update(learner_throughput(self._learn))
         return m
 
     def evaluate(self, model) -> dict[str, float]:
@@ -220,9 +218,7 @@ class _Rounds(Algorithm):
     def step_metrics(self) -> dict[str, float]:
         m = {**self.round_metrics, **self.exp.pop_metrics(), **self.counts}
         self.round_metrics = {k: v for k, v in self.round_metrics.items() if k in ("round", "round/rows")}
-        dt = time.perf_counter() - self._learn["t0"]
-        if dt > 0 and self._learn["tokens"]:
-            m["learner/tokens_per_s"] = self._learn["tokens"] / dt
+        m.update(learner_throughput(self._learn))
         return m
 
     def evaluate(self, model) -> dict[str, float]:
