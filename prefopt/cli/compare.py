@@ -31,6 +31,7 @@ from pathlib import Path
 
 import torch
 
+from prefopt.cli.demo import reviews_sft_config
 from prefopt.cli.run import run_train, task_tokenizer
 from prefopt.data.config import DataConfig
 from prefopt.data.loaders import write_jsonl
@@ -98,7 +99,7 @@ class CompareConfig:
 def relabel(base_rows: list[dict], flip_rate: float, seed: int) -> tuple[list[dict], dict]:
     """Flip pair i when u_i < ε, with u_i fixed by ``seed`` (nested noise across ε)."""
     rng = random.Random(seed + 31337)
-    rows, flipped, agree = [], 0, 0
+    rows, flipped = [], 0
     for row in base_rows:
         u = rng.random()
         new = dict(row)
@@ -138,12 +139,8 @@ def run_compare(cfg: CompareConfig, out_dir: Path | None = None, log_fn=print) -
         sft_path = Path(cfg.sft_model)
     else:
         log_fn(f"[1/4] SFT of {cfg.model} ({cfg.sft_steps} steps)")
-        sft = run_train(TrainConfig(
-            model=ModelConfig(name_or_path=cfg.model, init_seed=cfg.seed),
-            data=DataConfig(task="reviews", num_examples=cfg.sft_examples, eval_examples=64),
-            optim=OptimConfig(name="adamw", lr=cfg.sft_lr),
-            train=LoopConfig(steps=cfg.sft_steps, warmup_steps=min(20, cfg.sft_steps // 10), **loop),
-            algo=AlgoConfig(name="sft"), output_dir=str(out), run_name="sft"))
+        sft = run_train(reviews_sft_config(cfg.model, seed=cfg.seed, steps=cfg.sft_steps, lr=cfg.sft_lr,
+                                           examples=cfg.sft_examples, output_dir=out, loop=loop, eval_examples=64))
         sft_path = sft.result.final_checkpoint / "model"
     sft_model = load_model(ModelConfig(name_or_path=str(sft_path)))
     sft_model.requires_grad_(False).eval()

@@ -10,7 +10,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 
 from prefopt.cli.run import run_train, task_tokenizer
 from prefopt.data.loaders import write_jsonl
@@ -50,6 +49,17 @@ class DemoConfig:
     progress: bool = field(default=True, metadata={"help": "Show progress bars."})
 
 
+def reviews_sft_config(model: str, *, seed: int, steps: int, lr: float, examples: int, output_dir: Path,
+                       loop: dict, eval_examples: int = 128) -> TrainConfig:
+    """The lab's SFT stage on the ``reviews`` corpus (shared by the demo and ``prefopt compare``)."""
+    return TrainConfig(
+        model=ModelConfig(name_or_path=model, init_seed=seed),
+        data=DataConfig(task="reviews", num_examples=examples, eval_examples=eval_examples),
+        optim=OptimConfig(name="adamw", lr=lr),
+        train=LoopConfig(steps=steps, warmup_steps=min(20, steps // 10), **loop),
+        algo=AlgoConfig(name="sft"), output_dir=str(output_dir), run_name="sft")
+
+
 def _series(metrics: list[dict], key: str) -> list[tuple[float, float]]:
     return [(m["step"], m[key]) for m in metrics if key in m and isinstance(m[key], (int, float))]
 
@@ -64,13 +74,8 @@ def run_demo(cfg: DemoConfig, run_dir: Path | None = None, log=print) -> dict:
     loop = dict(batch_size=cfg.batch_size, seed=cfg.seed, progress=cfg.progress)
 
     log(f"[1/4] SFT of {cfg.model} on the reviews corpus ({cfg.sft_steps} steps)")
-    sft_cfg = TrainConfig(
-        model=ModelConfig(name_or_path=cfg.model, init_seed=cfg.seed),
-        data=DataConfig(task="reviews", num_examples=cfg.sft_examples),
-        optim=OptimConfig(name="adamw", lr=cfg.sft_lr),
-        train=LoopConfig(steps=cfg.sft_steps, warmup_steps=20, **loop),
-        algo=AlgoConfig(name="sft"), output_dir=str(run_dir), run_name="sft")
-    sft = run_train(sft_cfg)
+    sft = run_train(reviews_sft_config(cfg.model, seed=cfg.seed, steps=cfg.sft_steps, lr=cfg.sft_lr,
+                                       examples=cfg.sft_examples, output_dir=run_dir, loop=loop))
     sft_path = sft.result.final_checkpoint / "model"
 
     log(f"[2/4] preference data: {cfg.pref_prompts} prompts × 2 samples from the SFT model, "

@@ -14,7 +14,7 @@ import yaml
 from prefopt.cli.builders import build_algorithm, build_model, finish_run
 from prefopt.cli.config import to_dict
 from prefopt.errors import ConfigError
-from prefopt.models.loading import load_model, load_tokenizer
+from prefopt.models.loading import load_tokenizer
 from prefopt.models.tiny import is_tiny
 from prefopt.optim import build_optimizer, optimizer_state_bytes
 from prefopt.tasks import get_task

@@ -5,6 +5,7 @@ so the fp32 working set is one chunk of rows, not ``B x T x V``.
 """
 from __future__ import annotations
 
+import functools
 import inspect
 
 import torch
@@ -25,9 +26,15 @@ def selective_log_softmax(logits: torch.Tensor, labels: torch.Tensor, chunk_rows
     return out
 
 
-def _supports_logits_to_keep(model: torch.nn.Module) -> bool:
+@functools.lru_cache(maxsize=None)
+def _forward_takes_logits_to_keep(model_cls: type) -> bool:
+    return "logits_to_keep" in inspect.signature(model_cls.forward).parameters
+
+
+def supports_logits_to_keep(model: torch.nn.Module) -> bool:
+    """Whether the (base) model's forward takes ``logits_to_keep``; looked up once per class."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "logits_to_keep" in inspect.signature(base.forward).parameters
+    return _forward_takes_logits_to_keep(type(base))
 
 
 def forward_logits(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -38,7 +45,7 @@ def forward_logits(model: torch.nn.Module, input_ids: torch.Tensor, attention_ma
     """
     T = input_ids.shape[1]
     keep = T - first_label_pos + 1  # positions first_label_pos-1 .. T-1; the last one is dropped below
-    kwargs = {"logits_to_keep": keep} if _supports_logits_to_keep(model) else {}
+    kwargs = {"logits_to_keep": keep} if supports_logits_to_keep(model) else {}
     logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kwargs).logits
     return logits[:, -keep:-1]
 

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from prefopt.data.tokenize import collate_sequences
-from prefopt.models.logprobs import _supports_logits_to_keep, selective_log_softmax
+from prefopt.models.logprobs import supports_logits_to_keep, selective_log_softmax
 
 VALUE_HEAD = "value_head"
 
@@ -128,7 +128,7 @@ def response_forward(model: nn.Module, prompt_ids: list[list[int]], response_ids
     first = max(1, int(plen.min()))
     T = batch.input_ids.shape[1]
     keep = T - first + 1
-    kwargs = {"logits_to_keep": keep} if _supports_logits_to_keep(model) else {}
+    kwargs = {"logits_to_keep": keep} if supports_logits_to_keep(model) else {}
     head = get_value_head(model) if values else None
     if values and head is None:
         raise ValueError("response_forward(values=True) needs a value head (attach_value_head)")
@@ -151,7 +151,7 @@ def response_forward(model: nn.Module, prompt_ids: list[list[int]], response_ids
         if shared:
             hidden_states = out.hidden_states[-1]
         else:
-            critic_kwargs = {"logits_to_keep": 1} if _supports_logits_to_keep(head.backbone) else {}
+            critic_kwargs = {"logits_to_keep": 1} if supports_logits_to_keep(head.backbone) else {}
             hidden_states = head.backbone(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                                           use_cache=False, output_hidden_states=True, **critic_kwargs).hidden_states[-1]
         hidden = hidden_states[:, first - 1:T - 1]  # the state each label is predicted from

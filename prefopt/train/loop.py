@@ -151,13 +151,14 @@ def _one_step(model, algorithm: Algorithm, optimizer, scheduler, params, cfg: Lo
     t0 = time.perf_counter()
     batches = algorithm.next_batches(model, cfg.grad_accum)
     model.train()
-    total_units = sum(algorithm.units(b) for b in batches)
+    units = [algorithm.units(b) for b in batches]
+    total_units = sum(units)
     if total_units <= 0:
         raise TrainingError(f"step {step}: the batches hold no training units")
     create_graph = needs_create_graph(optimizer)  # Sophia's Hessian estimate needs it on some steps
     loss_total, tokens = 0.0, 0
     sums: dict[str, float] = {}
-    for i, batch in enumerate(batches):
+    for i, (batch, batch_units) in enumerate(zip(batches, units)):
         out = algorithm.compute_loss(model, batch)
         if not torch.isfinite(out.loss):
             raise TrainingError(f"non-finite loss ({float(out.loss.detach())}) at step {step}, micro-batch {i}; "
@@ -165,7 +166,7 @@ def _one_step(model, algorithm: Algorithm, optimizer, scheduler, params, cfg: Lo
         (out.loss / total_units).backward(create_graph=create_graph)
         loss_total += float(out.loss.detach())
         tokens += out.tokens
-        weight = algorithm.units(batch) / total_units
+        weight = batch_units / total_units
         for k, v in out.metrics.items():
             sums[k] = sums.get(k, 0.0) + float(v) * weight
     grad_norm = float("nan")

@@ -7,6 +7,8 @@ from typing import Any
 
 import torch
 
+from prefopt.train.sampler import EpochSampler
+
 
 @dataclass
 class StepLoss:
@@ -53,3 +55,28 @@ class Algorithm(ABC):
 
     def load_state_dict(self, state: dict) -> None:
         pass
+
+
+class DatasetAlgorithm(Algorithm):
+    """An algorithm over a fixed dataset: rows in a seeded, resumable epoch order; ``_collate``
+    turns a list of rows into one micro-batch."""
+
+    def __init__(self, train: list, eval: list, *, pad_id: int, batch_size: int, seed: int = 0,
+                 shuffle: bool = True):
+        self.train_rows, self.eval_rows = train, eval
+        self.pad_id, self.batch_size = pad_id, batch_size
+        self.sampler = EpochSampler(len(train), seed, shuffle)
+
+    @abstractmethod
+    def _collate(self, rows: list) -> Any:
+        """One micro-batch from dataset rows."""
+
+    def next_batches(self, model, num_micro: int) -> list:
+        return [self._collate([self.train_rows[i] for i in self.sampler.take(self.batch_size)])
+                for _ in range(num_micro)]
+
+    def state_dict(self) -> dict:
+        return {"sampler": self.sampler.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sampler.load_state_dict(state["sampler"])

@@ -13,12 +13,11 @@ from prefopt.data.prepare import EncodedFeedback, collate_feedback
 from prefopt.losses.kto import kto
 from prefopt.models.logprobs import sequence_logps
 from prefopt.models.lora import reference_pass
-from prefopt.train.algorithms.base import Algorithm, StepLoss
-from prefopt.train.sampler import EpochSampler
+from prefopt.train.algorithms.base import DatasetAlgorithm, StepLoss
 from prefopt.types import FeedbackBatch
 
 
-class KTO(Algorithm):
+class KTO(DatasetAlgorithm):
     name = "kto"
 
     def __init__(self, train: list[EncodedFeedback], eval: list[EncodedFeedback], *, beta: float,
@@ -29,19 +28,14 @@ class KTO(Algorithm):
             raise ValueError("kto needs a reference (algo.reference: copy, lora or precomputed)")
         if batch_size < 2:
             raise ValueError("kto needs batch_size >= 2 (the KL baseline uses mismatched pairs)")
-        self.train_rows, self.eval_rows = train, eval
-        self.beta, self.pad_id, self.batch_size = beta, pad_id, batch_size
+        super().__init__(train, eval, pad_id=pad_id, batch_size=batch_size, seed=seed, shuffle=shuffle)
+        self.beta = beta
         self.desirable_weight, self.undesirable_weight = desirable_weight, undesirable_weight
         self.reference, self.ref_store = reference, ref_store
-        self.sampler = EpochSampler(len(train), seed, shuffle)
 
     def _collate(self, rows: list[EncodedFeedback]) -> FeedbackBatch:
         ref = self.ref_store.lookup([r.index for r in rows]) if self.ref_store is not None else None
         return collate_feedback(rows, self.pad_id, ref)
-
-    def next_batches(self, model, num_micro: int) -> list[FeedbackBatch]:
-        return [self._collate([self.train_rows[i] for i in self.sampler.take(self.batch_size)])
-                for _ in range(num_micro)]
 
     @torch.no_grad()
     def reference_logps(self, batch: FeedbackBatch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -91,9 +85,3 @@ class KTO(Algorithm):
         result = {"loss": total / max(1, n)}
         result.update({k: s / c for k, (s, c) in sums.items() if c})
         return result
-
-    def state_dict(self) -> dict:
-        return {"sampler": self.sampler.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.sampler.load_state_dict(state["sampler"])

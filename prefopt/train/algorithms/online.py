@@ -19,7 +19,6 @@ generation and learner tokens/s.
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from dataclasses import dataclass
 from typing import Any

@@ -10,8 +10,7 @@ from prefopt.data.tokenize import EncodedPair, collate_pairs
 from prefopt.models.logprobs import sequence_logps
 from prefopt.models.lora import reference_pass
 from prefopt.models.prefix import attention_cost, layout_sequence_logps, supports_packing
-from prefopt.train.algorithms.base import Algorithm, StepLoss
-from prefopt.train.sampler import EpochSampler
+from prefopt.train.algorithms.base import DatasetAlgorithm, StepLoss
 from prefopt.types import PreferenceBatch, SequenceBatch
 
 
@@ -71,7 +70,7 @@ def pair_logps(model, batch: PreferenceBatch, pad_id: int, *, prefix_sharing: bo
     return sums[:B], sums[B:], counts[:B], counts[B:]
 
 
-class PairwisePreference(Algorithm):
+class PairwisePreference(DatasetAlgorithm):
     """DPO and its relatives: per step, B pairs → policy (and reference) log-probs → loss_fn."""
 
     name = "dpo"
@@ -84,21 +83,14 @@ class PairwisePreference(Algorithm):
         # looked up by pair index, for 'algo.reference: precomputed' (no reference model in memory).
         if reference is None and ref_store is None and not getattr(loss_fn, "reference_free", False):
             raise ValueError("this loss needs a reference (algo.reference: copy, lora or precomputed)")
-        self.train_rows, self.eval_rows = train, eval
+        super().__init__(train, eval, pad_id=pad_id, batch_size=batch_size, seed=seed, shuffle=shuffle)
         self.loss_fn, self.beta, self.hparams = loss_fn, beta, hparams
-        self.pad_id, self.batch_size = pad_id, batch_size
-        self.reference = reference
-        self.ref_store = ref_store
+        self.reference, self.ref_store = reference, ref_store
         self.prefix_sharing, self.padding_free = prefix_sharing, padding_free  # see pair_logps
-        self.sampler = EpochSampler(len(train), seed, shuffle)
 
     def _collate(self, rows: list[EncodedPair]) -> PreferenceBatch:
         ref = self.ref_store.lookup([r.index for r in rows]) if self.ref_store is not None else None
         return collate_pairs(rows, self.pad_id, ref)
-
-    def next_batches(self, model, num_micro: int) -> list[PreferenceBatch]:
-        return [self._collate([self.train_rows[i] for i in self.sampler.take(self.batch_size)])
-                for _ in range(num_micro)]
 
     @torch.no_grad()
     def reference_logps(self, batch: PreferenceBatch, layout: PackedLayout | None = None):
@@ -145,9 +137,3 @@ class PairwisePreference(Algorithm):
                 sums[name] = sums.get(name, 0.0) + float(v) * k
             n += k
         return {k: v / n for k, v in sums.items()}
-
-    def state_dict(self) -> dict:
-        return {"sampler": self.sampler.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.sampler.load_state_dict(state["sampler"])

@@ -5,28 +5,21 @@ import torch
 
 from prefopt.data.tokenize import Encoded, collate_sequences
 from prefopt.models.logprobs import token_logps
-from prefopt.train.algorithms.base import Algorithm, StepLoss
-from prefopt.train.sampler import EpochSampler
+from prefopt.train.algorithms.base import DatasetAlgorithm, StepLoss
 from prefopt.types import SequenceBatch
 
 
-class SFT(Algorithm):
+class SFT(DatasetAlgorithm):
     """Token-level mean NLL of response tokens over the whole optimizer step."""
 
     name = "sft"
 
     def __init__(self, train: list[Encoded], eval: list[Encoded], *, pad_id: int, batch_size: int,
                  seed: int = 0, shuffle: bool = True):
-        self.train_rows, self.eval_rows = train, eval
-        self.pad_id, self.batch_size = pad_id, batch_size
-        self.sampler = EpochSampler(len(train), seed, shuffle)
+        super().__init__(train, eval, pad_id=pad_id, batch_size=batch_size, seed=seed, shuffle=shuffle)
 
     def _collate(self, rows: list[Encoded]) -> SequenceBatch:
         return collate_sequences([(r.prompt_ids, r.response_ids) for r in rows], self.pad_id)
-
-    def next_batches(self, model, num_micro: int) -> list[SequenceBatch]:
-        return [self._collate([self.train_rows[i] for i in self.sampler.take(self.batch_size)])
-                for _ in range(num_micro)]
 
     def units(self, batch: SequenceBatch) -> float:
         # Units are response tokens, so the step's loss is the mean NLL per response token.
@@ -50,9 +43,3 @@ class SFT(Algorithm):
             total += float(-logps.sum())
             count += int(mask.sum())
         return {"loss": total / max(1, count)}
-
-    def state_dict(self) -> dict:
-        return {"sampler": self.sampler.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.sampler.load_state_dict(state["sampler"])
