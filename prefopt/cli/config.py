@@ -141,7 +141,12 @@ def apply_override(data: dict, dotted: str) -> None:
         node = node.setdefault(p, {})
         if not isinstance(node, dict):
             raise ConfigError(f"override '{dotted}': '{p}' is not a section")
-    node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+    try:
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"override '{dotted}': the value is not valid YAML ({problem}); in YAML, "
+                          "backslashes need single quotes, e.g. \"model.trainable=['^model\\.norm\\.']\"") from None
 
 
 def load_config(cls, path: str | Path | None = None, overrides: list[str] | None = None):

@@ -19,6 +19,10 @@ class ModelConfig:
     attn_implementation: str | None = field(default=None, metadata={"help": (
         "Attention kernel ('eager', 'sdpa', ...); default: transformers' choice. "
         "The sophia optimizer needs 'eager' (double backward) and selects it itself.")})
+    trainable: list[str] = field(default_factory=list, metadata={"help": (
+        "Freeze tuning: regular expressions over parameter names (re.search); only matching parameters "
+        "train, the rest stay frozen, e.g. ['^model\\.norm\\.', 'layers\\.(6|7)\\.']. Empty: train all. "
+        "Not with lora.enabled (adapters choose their own parameters).")})
 
 
 @dataclass

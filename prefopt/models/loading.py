@@ -68,5 +68,30 @@ def load_model(cfg: ModelConfig, tokenizer=None):
         raise PrefoptError(f"cannot load model '{cfg.name_or_path}': {str(exc).splitlines()[0]}") from exc
 
 
+def freeze_except(model: torch.nn.Module, patterns: list[str]) -> int:
+    """Train only the parameters whose names match one of ``patterns`` (``re.search``); freeze the rest.
+
+    Returns the number of trainable elements. A pattern that is not a valid regular expression, or
+    patterns that match no parameter, raise ConfigError naming them (and some parameter names).
+    """
+    import re
+
+    compiled = []
+    for pat in patterns:
+        try:
+            compiled.append(re.compile(pat))
+        except re.error as exc:
+            raise ConfigError(f"model.trainable: '{pat}' is not a regular expression ({exc})") from exc
+    names = [name for name, _ in model.named_parameters()]
+    unmatched = [c.pattern for c in compiled if not any(c.search(n) for n in names)]
+    if unmatched:
+        shown = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
+        raise ConfigError(f"model.trainable: {', '.join(repr(u) for u in unmatched)} match{'es' if len(unmatched) == 1 else ''} no parameter "
+                          f"of the model ({len(names)} parameters: {shown})")
+    for name, p in model.named_parameters():
+        p.requires_grad_(any(c.search(name) for c in compiled))
+    return count_parameters(model, trainable_only=True)
+
+
 def count_parameters(model: torch.nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)

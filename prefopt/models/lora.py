@@ -14,7 +14,7 @@ import torch
 
 from prefopt.errors import ConfigError, PrefoptError
 from prefopt.models.config import LoraConfig, ModelConfig
-from prefopt.models.loading import DTYPES, load_model
+from prefopt.models.loading import DTYPES, freeze_except, load_model
 from prefopt.models.tiny import is_tiny
 
 
@@ -80,9 +80,23 @@ def load_policy(cfg, tokenizer=None):
         if lora is not None and lora.quantize != "none":
             raise ConfigError("lora.quantize: quantized base weights cannot be trained without adapters; "
                               "set lora.enabled: true (QLoRA)")
-        return load_model(cfg.model, tokenizer)
+        return apply_freeze(load_model(cfg.model, tokenizer), cfg)
+    apply_freeze(None, cfg)
     model = load_quantized(cfg.model, lora) if lora.quantize != "none" else load_model(cfg.model, tokenizer)
     return apply_lora(model, lora)
+
+
+def apply_freeze(model, cfg):
+    """Freeze tuning per ``cfg.model.trainable`` (nothing when empty); refused next to LoRA adapters."""
+    if not cfg.model.trainable:
+        return model
+    lora = getattr(cfg, "lora", None)
+    if lora is not None and lora.enabled:  # a LoRA-disabled reference must equal the start: base stays frozen
+        raise ConfigError("model.trainable: freeze tuning and lora.enabled exclude each other; use "
+                          "lora.modules_to_save to train whole modules next to the adapters")
+    if model is not None:
+        freeze_except(model, cfg.model.trainable)
+    return model
 
 
 @contextlib.contextmanager

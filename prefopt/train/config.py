@@ -22,6 +22,9 @@ class LoopConfig:
     min_lr_ratio: float = field(default=0.0, metadata={"help": "Final LR as a fraction of the base LR (linear/cosine)."})
     seed: int = field(default=0, metadata={"help": "Seed for data order, dropout and sampling."})
     eval_every: int = field(default=0, metadata={"help": "Evaluate every N steps (0 = only at the end)."})
+    eval_on_start: bool = field(default=False, metadata={"help": (
+        "Also evaluate the starting model (logged as step 0) for a before/after in one run; "
+        "random state is left untouched, so the run itself is unchanged; skipped on --resume.")})
     save_every: int = field(default=0, metadata={"help": "Checkpoint every N steps (0 = only at the end)."})
     keep_checkpoints: int = field(default=2, metadata={"help": "How many newest checkpoints to keep."})
     progress: bool = field(default=True, metadata={"help": "Show a progress bar."})

@@ -92,6 +92,10 @@ def train(model: torch.nn.Module, algorithm: Algorithm, optimizer: torch.optim.O
     step = start
     before: dict = {}
     try:
+        if cfg.eval_on_start and start == 0:
+            rng = rng_state()  # evaluation may sample: the run must not depend on whether it looked first
+            _evaluate(model, algorithm, logger, 0, evaluators)
+            set_rng_state(rng)
         model.train()
         for step in range(start + 1, cfg.steps + 1):
             # Snapshot of what a checkpoint of the previous step holds, for Ctrl-C mid-step.

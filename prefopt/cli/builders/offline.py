@@ -263,7 +263,7 @@ def _reward_meta(cfg: TrainConfig) -> dict:
 
 def build_reward_model_net(cfg: TrainConfig, tokenizer):
     """The model reward-model training optimizes: one, k heads, or k separate models."""
-    from prefopt.models.lora import apply_lora
+    from prefopt.models.lora import apply_freeze, apply_lora
     from prefopt.models.reward import build_reward_model
 
     r = cfg.reward
@@ -276,7 +276,7 @@ def build_reward_model_net(cfg: TrainConfig, tokenizer):
                                seed=cfg.train.seed, meta=_reward_meta(cfg))
     if cfg.lora.enabled:
         model = apply_lora(model, cfg.lora, task_type="SEQ_CLS")
-    return model
+    return apply_freeze(model, cfg)
 
 
 @register("reward_model", model_builder=build_reward_model_net)

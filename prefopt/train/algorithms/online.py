@@ -283,6 +283,7 @@ class Experience:
         if self.task is not None:
             gold = self.task.gold(s.row_prompts, s.responses)
             out.update({f"{prefix}gold/{k}": _mean(v) for k, v in gold.items()})
+            out.update(_pass_at_k(gold, s.group, prefix))
         mask = s.rollout.response_mask
         out[prefix + "response_length"] = float(mask.sum(-1).float().mean())
         untempered = self.sampling.temperature == 1.0 and self.sampling.top_k == 0 and self.sampling.top_p == 1.0
@@ -298,6 +299,24 @@ class Experience:
     def load_state_dict(self, state: dict) -> None:
         self.sampler.load_state_dict(state["sampler"])
         self.calls = int(state["calls"])
+
+
+def _pass_at_k(gold: dict[str, list[float]], group: torch.Tensor, prefix: str) -> dict[str, float]:
+    """``gold/<name>/pass@k``: the share of prompts with at least one of their k samples scoring 1,
+    for pass/fail (0/1) objectives when there are k > 1 samples per prompt."""
+    if not len(group):
+        return {}
+    _, index = torch.unique(group, return_inverse=True)
+    k = int(torch.bincount(index).max())
+    if k < 2:
+        return {}
+    out = {}
+    for name, values in gold.items():
+        v = torch.tensor(values, dtype=torch.float32)
+        if ((v == 0) | (v == 1)).all():
+            best = torch.zeros(int(index.max()) + 1).scatter_reduce(0, index, v, "amax", include_self=False)
+            out[f"{prefix}gold/{name}/pass@{k}"] = float(best.mean())
+    return out
 
 
 def _mean(values) -> float:
