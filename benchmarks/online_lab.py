@@ -60,7 +60,9 @@ def main() -> int:
         cfg = yaml.safe_load((run / "config.yaml").read_text())
         start_key = json.dumps([cfg["model"], cfg["data"], cfg["rollout"], cfg["online"]["eval_num_samples"],
                                 cfg["online"]["eval_greedy"], cfg["train"]["seed"]], sort_keys=True, default=str)
-        if start_key not in starts:
+        if evals and int(evals[0]["step"]) == 0:  # train.eval_on_start: the run evaluated its start itself
+            starts[start_key] = {k[5:]: v for k, v in evals.pop(0).items() if k.startswith("eval/")}
+        elif start_key not in starts:
             print(f"evaluating the starting policy of {run} ...", flush=True)
             starts[start_key] = start_point(run)
         start = {k: float(v) for k, v in starts[start_key].items()}
@@ -79,8 +81,10 @@ def main() -> int:
         }
         b, a = start.get(key), points[-1][1].get(key)
         extra = ""
+        for other in sorted(k for k in start if k.startswith(key + "/pass@")):
+            extra += f"; {other[len(key) + 1:]} {start[other]:.3f} -> {points[-1][1].get(other, float('nan')):.3f}"
         if "greedy/" + key in start:
-            extra = f"; greedy {start['greedy/' + key]:.3f} -> {points[-1][1].get('greedy/' + key, float('nan')):.3f}"
+            extra += f"; greedy {start['greedy/' + key]:.3f} -> {points[-1][1].get('greedy/' + key, float('nan')):.3f}"
         print(f"{name:14s} {args.objective} {b:.3f} -> {a:.3f}{extra}  KL {points[-1][1].get('kl_to_ref', float('nan')):.3f}"
               f"  ({len(train_rows)} steps, {summary[name]['mean_step_s']:.2f} s/step)")
     if args.plot:

@@ -58,3 +58,13 @@ def test_every_shipped_config_validates(path):
 
 def test_there_are_shipped_configs():
     assert len(CONFIGS) >= 2
+
+
+def test_override_with_invalid_yaml_names_the_override():
+    from prefopt.cli.config import load_config
+    from prefopt.train.config import TrainConfig
+
+    with pytest.raises(ConfigError, match=r"override 'model.trainable=\[\"\^a\\.b\"\]': the value is not valid YAML"):
+        load_config(TrainConfig, None, ['model.trainable=["^a\\.b"]'])
+    cfg = load_config(TrainConfig, None, ["model.trainable=['^a\\.b']"])
+    assert cfg.model.trainable == ["^a\\.b"]

@@ -215,3 +215,46 @@ def test_ppo_with_a_separate_critic(reviews_tokenizer, tmp_path):
     assert not any("value_head" in k for k in saved)
     state = torch.load(out.result.final_checkpoint / "trainer_state.pt", weights_only=False)["algorithm"]
     assert any(k.startswith("backbone.") for k in state["value_head"])
+
+
+def test_freeze_tuning_trains_only_matching_parameters(reviews_tokenizer, tmp_path):
+    """model.trainable: the final norm's gains change, every other tensor is bit-identical; the run
+    logs step 0 (eval_on_start) and pass@k of the 0/1 gold objective is absent for a non-binary one."""
+    cfg = _cfg(tmp_path, "grpo", model__trainable=[r"^model\.norm\."], optim__lr=0.1,
+               train__eval_on_start=True, online__eval_num_samples=2)
+    run_train(cfg)
+    init = load_model(ModelConfig(name_or_path="tiny:llama-1m"), reviews_tokenizer).state_dict()
+    final = load_file(tmp_path / "grpo" / "checkpoint-2" / "model" / "model.safetensors")
+    changed = sorted(k for k, v in final.items() if not torch.equal(init[k], v))
+    assert changed == ["model.norm.weight"]
+    evals = [r for r in read_metrics(tmp_path / "grpo" / "metrics.jsonl") if "eval/reward" in r]
+    assert [r["step"] for r in evals] == [0, 2]
+
+
+def test_eval_on_start_leaves_the_run_unchanged(reviews_tokenizer, tmp_path):
+    weights = []
+    for look in (False, True):
+        cfg = _cfg(tmp_path / str(look), "grpo", train__eval_on_start=look, online__eval_num_samples=2)
+        run_train(cfg)
+        weights.append(load_file(tmp_path / str(look) / "grpo" / "checkpoint-2" / "model" / "model.safetensors"))
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+@pytest.mark.parametrize("patterns, lora, message", [
+    ([r"^nothing\."], False, r"'\^nothing\\\.' matches no parameter"),
+    (["(unclosed"], False, "is not a regular expression"),
+    ([r"norm"], True, "exclude each other"),
+])
+def test_freeze_tuning_errors(patterns, lora, message, tmp_path):
+    cfg = _cfg(tmp_path, "grpo", model__trainable=patterns, lora__enabled=lora)
+    with pytest.raises(ConfigError, match=message):
+        run_train(cfg)
+
+
+def test_pass_at_k_counts_prompts_with_one_success():
+    from prefopt.train.algorithms.online import _pass_at_k
+
+    group = torch.tensor([7, 7, 7, 3, 3, 3, 9, 9, 9])  # ids need not be dense
+    gold = {"correct": [0, 1, 0, 0, 0, 0, 1, 1, 1], "score": [0.5] * 9}
+    assert _pass_at_k(gold, group, "") == {"gold/correct/pass@3": pytest.approx(2 / 3)}
+    assert _pass_at_k(gold, torch.arange(9), "") == {}  # one sample per prompt: no pass@k

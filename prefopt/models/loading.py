@@ -86,8 +86,10 @@ def freeze_except(model: torch.nn.Module, patterns: list[str]) -> int:
     unmatched = [c.pattern for c in compiled if not any(c.search(n) for n in names)]
     if unmatched:
         shown = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
-        raise ConfigError(f"model.trainable: {', '.join(repr(u) for u in unmatched)} match{'es' if len(unmatched) == 1 else ''} no parameter "
-                          f"of the model ({len(names)} parameters: {shown})")
+        listed = ", ".join(f"'{u}'" for u in unmatched)
+        verb = "matches" if len(unmatched) == 1 else "match"
+        raise ConfigError(f"model.trainable: {listed} {verb} no parameter of the model "
+                          f"({len(names)} parameters: {shown})")
     for name, p in model.named_parameters():
         p.requires_grad_(any(c.search(name) for c in compiled))
     return count_parameters(model, trainable_only=True)
