@@ -258,3 +258,24 @@ def test_pass_at_k_counts_prompts_with_one_success():
     gold = {"correct": [0, 1, 0, 0, 0, 0, 1, 1, 1], "score": [0.5] * 9}
     assert _pass_at_k(gold, group, "") == {"gold/correct/pass@3": pytest.approx(2 / 3)}
     assert _pass_at_k(gold, torch.arange(9), "") == {}  # one sample per prompt: no pass@k
+
+
+@pytest.mark.parametrize("algo", ["online_dpo", "iterative_dpo"])
+def test_pairwise_online_losses_equal_with_perf_switches_off(algo, tmp_path, monkeypatch):
+    """perf.prefix_sharing / perf.padding_free reach online and iterative DPO and change no number."""
+    import prefopt.train.algorithms.online_pref as online_pref
+
+    calls, real = [], online_pref.pair_logps
+
+    def spy(*args, **kwargs):
+        calls.append((kwargs["prefix_sharing"], kwargs["padding_free"]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(online_pref, "pair_logps", spy)
+    losses = []
+    for on in (True, False):
+        calls.clear()
+        run_train(_cfg(tmp_path / str(on), algo, perf__prefix_sharing=on, perf__padding_free=on))
+        assert calls and set(calls) == {(on, on)}
+        losses.append([r["loss"] for r in _rows(tmp_path / str(on) / algo)])
+    assert losses[0] == pytest.approx(losses[1], rel=1e-4, abs=1e-6)

@@ -168,7 +168,8 @@ def build_online_dpo(cfg: TrainConfig, model, tokenizer) -> tuple[Algorithm, dic
     exp = _experience(cfg, model, tokenizer, k=2, reward=reward, reference=reference, task=task)
     algo = OnlineDPO(exp, loss_fn=loss_fn, beta=cfg.algo.beta, hparams=hparams,
                      reference=reference if needs_ref else None, judge=judge,
-                     prompts_per_step=cfg.online.prompts_per_step, max_resample=cfg.online.max_resample)
+                     prompts_per_step=cfg.online.prompts_per_step, max_resample=cfg.online.max_resample,
+                     prefix_sharing=cfg.perf.prefix_sharing, padding_free=cfg.perf.padding_free)
     return algo, exp.stats
 
 
@@ -190,7 +191,8 @@ def build_iterative_dpo(cfg: TrainConfig, model, tokenizer) -> tuple[Algorithm, 
     reward = _reward(cfg, task)
     reference = _reference(cfg, model, False) if cfg.online.eval_kl else None
     exp = _experience(cfg, model, tokenizer, k=kw["num_generations"], reward=reward, reference=reference, task=task)
-    return IterativeDPO(exp, loss_fn=loss_fn, beta=cfg.algo.beta, hparams=hparams, judge=_judge(cfg), **kw), exp.stats
+    return IterativeDPO(exp, loss_fn=loss_fn, beta=cfg.algo.beta, hparams=hparams, judge=_judge(cfg),
+                        prefix_sharing=cfg.perf.prefix_sharing, padding_free=cfg.perf.padding_free, **kw), exp.stats
 
 
 @register("raft")

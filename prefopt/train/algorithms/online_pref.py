@@ -62,9 +62,16 @@ class _PairwiseLossMixin:
     beta: float
     hparams: dict
     pad_id: int
+    # perf.*: the pair's prompt computed once, pairs packed without padding (exact, see pair_logps)
+    prefix_sharing: bool = True
+    padding_free: bool = True
+
+    def _pair_logps(self, model, batch: PreferenceBatch):
+        return pair_logps(model, batch, self.pad_id, prefix_sharing=self.prefix_sharing,
+                          padding_free=self.padding_free)
 
     def _pair_loss(self, model, batch: PreferenceBatch, ref_chosen, ref_rejected) -> StepLoss:
-        pc, pr, lc, lr = pair_logps(model, batch, self.pad_id)
+        pc, pr, lc, lr = self._pair_logps(model, batch)
         out = self.loss_fn(pc, pr, ref_chosen, ref_rejected, beta=self.beta, chosen_lengths=lc,
                            rejected_lengths=lr, **self.hparams)
         tokens = int(batch.chosen.attention_mask.sum() + batch.rejected.attention_mask.sum())
@@ -77,10 +84,12 @@ class OnlineDPO(_PairwiseLossMixin, Algorithm):
     name = "online_dpo"
 
     def __init__(self, experience: Experience, *, loss_fn: Callable, beta: float, hparams: dict,
-                 reference=None, judge: Judge | None = None, prompts_per_step: int = 16, max_resample: int = 4):
+                 reference=None, judge: Judge | None = None, prompts_per_step: int = 16, max_resample: int = 4,
+                 prefix_sharing: bool = True, padding_free: bool = True):
         if reference is None and not getattr(loss_fn, "reference_free", False):
             raise ValueError("this loss needs a reference model")
         self.exp, self.loss_fn, self.beta, self.hparams = experience, loss_fn, beta, hparams
+        self.prefix_sharing, self.padding_free = prefix_sharing, padding_free
         self.reference, self.judge = reference, judge
         self.pad_id = experience.pad_id
         self.prompts_per_step, self.max_resample = prompts_per_step, max_resample
@@ -143,7 +152,7 @@ class OnlineDPO(_PairwiseLossMixin, Algorithm):
             if self.reference is not None:
                 with torch.no_grad():
                     self.reference.eval()
-                    rc, rr, _, _ = pair_logps(self.reference, batch, self.pad_id)
+                    rc, rr, _, _ = self._pair_logps(self.reference, batch)
                 batch.ref_chosen_logps, batch.ref_rejected_logps = rc, rr
             batches.append(batch)
         self._learn = {"tokens": 0, "t0": time.perf_counter()}
@@ -257,9 +266,10 @@ class IterativeDPO(_PairwiseLossMixin, _Rounds):
     name = "iterative_dpo"
 
     def __init__(self, experience: Experience, *, loss_fn: Callable, beta: float, hparams: dict,
-                 judge: Judge | None = None, **kw):
+                 judge: Judge | None = None, prefix_sharing: bool = True, padding_free: bool = True, **kw):
         super().__init__(experience, **kw)
         self.loss_fn, self.beta, self.hparams, self.judge = loss_fn, beta, hparams, judge
+        self.prefix_sharing, self.padding_free = prefix_sharing, padding_free
         self.reference_free = getattr(loss_fn, "reference_free", False)
 
     def _make_rows(self, model, sampled: Sampled, rewards: list[float]) -> list[tuple[EncodedPair, float, float]]:
@@ -280,7 +290,7 @@ class IterativeDPO(_PairwiseLossMixin, _Rounds):
             model.eval()
             with torch.no_grad():
                 for part in _split(pairs, math.ceil(len(pairs) / max(1, self.batch_size))):
-                    c, r, _, _ = pair_logps(model, collate_pairs(part, self.pad_id), self.pad_id)
+                    c, r, _, _ = self._pair_logps(model, collate_pairs(part, self.pad_id))
                     refs.extend(zip(c.tolist(), r.tolist()))
             model.train(was_training)
         gaps = [rewards[b] - rewards[w] for _, b, w in chosen_rejected]
