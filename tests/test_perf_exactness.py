@@ -256,3 +256,28 @@ def test_row_length_trades_padding_against_attention():
     assert sorted(i for r in packed for i in r) == list(range(6))
     fixed = choose_rows(sizes, capacity=18)
     assert all(sum(sizes[i] for i in r) <= 18 for r in fixed) and len(fixed) == 3
+
+
+def test_padding_free_sft_loss_and_gradients_equal_padded(reviews_tokenizer):
+    from prefopt.data.tokenize import Encoded
+    from prefopt.train.algorithms.sft import SFT
+
+    model = load_model(ModelConfig(name_or_path="tiny:llama-1m"), reviews_tokenizer)
+    rng = random.Random(2)
+    rows = [Encoded([rng.randint(3, 300) for _ in range(rng.randint(0, 12))],
+                    [rng.randint(3, 300) for _ in range(rng.randint(1, 9))]) for _ in range(9)]
+
+    def run(padding_free):
+        algo = SFT(rows, rows[:4], pad_id=0, batch_size=len(rows), shuffle=False, padding_free=padding_free)
+        batch = algo.next_batches(model, 1)[0]
+        model.zero_grad(set_to_none=True)
+        out = algo.compute_loss(model, batch)
+        out.loss.backward()
+        return out, {n: p.grad.detach().clone() for n, p in model.named_parameters()}, algo.evaluate(model)
+
+    (plain, g_plain, e_plain), (packed, g_packed, e_packed) = run(False), run(True)
+    assert float(packed.loss.detach()) == pytest.approx(float(plain.loss.detach()), rel=1e-5)
+    assert packed.metrics["sft/nll"] == pytest.approx(plain.metrics["sft/nll"], rel=1e-5)
+    assert packed.tokens == plain.tokens and e_packed["loss"] == pytest.approx(e_plain["loss"], rel=1e-5)
+    for name, g in g_plain.items():
+        assert torch.allclose(g_packed[name], g, atol=1e-5, rtol=1e-4), (name, (g_packed[name] - g).abs().max())

@@ -179,7 +179,7 @@ def build_sft(cfg: TrainConfig, model, tokenizer) -> tuple[Algorithm, dict]:
     stats.update(tr_stats.metrics())
     stats["data/train_examples"] = len(tr)
     return SFT(tr, ev, pad_id=tokenizer.pad_token_id, batch_size=cfg.train.batch_size, seed=cfg.train.seed,
-               shuffle=cfg.data.shuffle), stats
+               shuffle=cfg.data.shuffle, padding_free=cfg.perf.padding_free), stats
 
 
 def _rows_sft(cfg: TrainConfig):
