@@ -279,3 +279,39 @@ def test_pairwise_online_losses_equal_with_perf_switches_off(algo, tmp_path, mon
         assert calls and set(calls) == {(on, on)}
         losses.append([r["loss"] for r in _rows(tmp_path / str(on) / algo)])
     assert losses[0] == pytest.approx(losses[1], rel=1e-4, abs=1e-6)
+
+
+@pytest.mark.parametrize("algo", ["online_dpo", "grpo"])
+def test_lora_policy_with_its_adapter_disabled_reference(algo, tmp_path):
+    """algo.reference: lora (no second model) for a reference-based online loss and a KL loss term."""
+    run_train(_cfg(tmp_path, algo, lora__enabled=True, algo__reference="lora", online__kl_coef=0.1))
+    rows = _rows(tmp_path / algo)
+    assert len(rows) == 2 and all(math.isfinite(r["loss"]) for r in rows)
+    assert "kl" in rows[0] or "rewards/margin" in rows[0]
+
+
+def test_reference_log_probs_packed_equal_padded(tiny_llama, reviews_tokenizer):
+    """The reference / recompute pass (batched_logps) with prompts shared and rows packed equals the
+    padded pass, for a plain model and for a LoRA policy's adapter-disabled reference."""
+    from prefopt.models.config import LoraConfig
+    from prefopt.models.lora import AdapterDisabledReference, apply_lora
+    from prefopt.rollout.engine import SamplingConfig, generate
+    from prefopt.train.algorithms.online import batched_logps
+
+    pad = reviews_tokenizer.pad_token_id
+    prompts = [reviews_tokenizer(p, add_special_tokens=False)["input_ids"] for p in ("the food was", "service", "a b c d e f")]
+    rollout = generate(tiny_llama, prompts, SamplingConfig(max_new_tokens=6, num_samples=3), pad_token_id=pad,
+                       eos_token_id=reviews_tokenizer.eos_token_id)
+    lora_policy = apply_lora(load_model(ModelConfig(name_or_path="tiny:llama-1m"), reviews_tokenizer),
+                             LoraConfig(enabled=True, r=4))
+    with torch.no_grad():  # adapters on would change the numbers: make sure the reference turns them off
+        for name, p in lora_policy.named_parameters():
+            if "lora_B" in name:
+                p.add_(0.5)
+    plain = load_model(ModelConfig(name_or_path="tiny:llama-1m"), reviews_tokenizer)
+    for model, expected_model in ((tiny_llama, tiny_llama), (AdapterDisabledReference(lora_policy), plain)):
+        padded = batched_logps(expected_model, rollout, pad, 4, prefix_sharing=False, padding_free=False)
+        packed = batched_logps(model, rollout, pad, 4)
+        assert torch.allclose(packed, padded, atol=1e-5), (packed - padded).abs().max()
+        if model is tiny_llama:  # and both equal the sampler's behaviour log-probs
+            assert torch.allclose(packed, rollout.logprobs, atol=1e-4)

@@ -163,7 +163,7 @@ def build_online_dpo(cfg: TrainConfig, model, tokenizer) -> tuple[Algorithm, dic
     task = _task(cfg)
     judge = _judge(cfg)
     reward = _reward(cfg, task, required=judge is None)
-    needs_ref = cfg.algo.reference == "copy" and not getattr(loss_fn, "reference_free", False)
+    needs_ref = not getattr(loss_fn, "reference_free", False)
     reference = _reference(cfg, model, needs_ref) if needs_ref or cfg.online.eval_kl else None
     exp = _experience(cfg, model, tokenizer, k=2, reward=reward, reference=reference, task=task)
     algo = OnlineDPO(exp, loss_fn=loss_fn, beta=cfg.algo.beta, hparams=hparams,

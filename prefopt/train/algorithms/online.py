@@ -30,6 +30,7 @@ from prefopt.losses.reductions import aggregate_loss, masked_mean, masked_sum, s
 from prefopt.losses.rl import (AdaptiveKLController, explained_variance, gae, grpo_advantages,
                                is_all_equal_group, kl_estimate, ppo_policy_loss, reinforce_pp_advantages,
                                remax_advantages, rloo_advantages, value_loss, whiten)
+from prefopt.models.lora import reference_pass
 from prefopt.models.prefix import grouped_response_logps, supports_packing
 from prefopt.models.value import get_value_head, response_forward
 from prefopt.rollout.engine import SamplingConfig, generate
@@ -325,21 +326,31 @@ def _mean(values) -> float:
 
 
 @torch.no_grad()
-def batched_logps(model, rollout: Rollout, pad_id: int, batch_size: int = 64, values: bool = False):
-    """Teacher-forced per-token log-probs (N, L) of a rollout (and values (N, L) when asked)."""
-    was_training = model.training
-    model.eval()
+def batched_logps(model, rollout: Rollout, pad_id: int, batch_size: int = 64, values: bool = False, *,
+                  prefix_sharing: bool = True, padding_free: bool = True):
+    """Teacher-forced per-token log-probs (N, L) of a rollout (and values (N, L) when asked).
+
+    ``model`` may be a reference (a LoRA-disabled one included). Without values, the rows of a
+    prompt share one copy of it and rows are packed (``perf.*``, exact), as in the training pass.
+    """
     logps, vals = [], []
-    try:
-        for s in range(0, len(rollout), batch_size):
-            e = min(len(rollout), s + batch_size)
-            out = response_forward(model, rollout.prompt_ids[s:e], rollout.response_ids[s:e],
-                                   rollout.response_mask[s:e], pad_id, values=values)
-            logps.append(out["logps"].float().cpu())
-            if values:
-                vals.append(out["values"].float().cpu())
-    finally:
-        model.train(was_training)
+    with reference_pass(model) as net:
+        was_training = net.training
+        net.eval()
+        packed = not values and (prefix_sharing or padding_free) and supports_packing(net)
+        try:
+            for s in range(0, len(rollout), batch_size):
+                e = min(len(rollout), s + batch_size)
+                args = (net, rollout.prompt_ids[s:e], rollout.response_ids[s:e], rollout.response_mask[s:e], pad_id)
+                if packed:
+                    out = grouped_response_logps(*args, prefix_sharing=prefix_sharing, padding_free=padding_free)
+                else:
+                    out = response_forward(*args, values=values)
+                logps.append(out["logps"].float().cpu())
+                if values:
+                    vals.append(out["values"].float().cpu())
+        finally:
+            net.train(was_training)
     return (torch.cat(logps), torch.cat(vals)) if values else torch.cat(logps)
 
 
@@ -386,6 +397,7 @@ class PolicyGradient(Algorithm):
         # perf.*: the k samples of a prompt share one copy of it in the training forward, rows packed
         # without padding (exact; prefopt.models.prefix.grouped_response_logps)
         self.prefix_sharing, self.padding_free = prefix_sharing, padding_free
+        self._perf = {"prefix_sharing": prefix_sharing, "padding_free": padding_free}
         self.reference = reference if settings.kl_coef > 0 else None
         self.max_new_tokens = max_new_tokens
         self.seed = seed
@@ -495,7 +507,7 @@ class PolicyGradient(Algorithm):
         if s.value_head:
             old_logps, old_values = batched_logps(model, rollout, self.exp.pad_id, bs, values=True)
         elif s.recompute_logprobs:
-            old_logps = batched_logps(model, rollout, self.exp.pad_id, bs)
+            old_logps = batched_logps(model, rollout, self.exp.pad_id, bs, **self._perf)
         else:
             old_logps = rollout.logprobs
         m: dict[str, float] = {}
@@ -503,7 +515,7 @@ class PolicyGradient(Algorithm):
             m["rollout/logprob_mismatch"] = float(masked_mean((old_logps - rollout.logprobs).abs(), mask))
         ref_logps, kl_tok = None, torch.zeros_like(old_logps)
         if self.reference is not None:
-            ref_logps = batched_logps(self.reference, rollout, self.exp.pad_id, bs)
+            ref_logps = batched_logps(self.reference, rollout, self.exp.pad_id, bs, **self._perf)
             seq_kl = masked_sum(old_logps - ref_logps, mask, dim=-1)
             m["kl"] = float(seq_kl.mean())
             if s.kl_in_reward:

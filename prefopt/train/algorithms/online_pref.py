@@ -20,6 +20,7 @@ import torch
 from prefopt.data.tokenize import EncodedPair, collate_pairs, collate_sequences
 from prefopt.errors import StopTraining, TrainingError
 from prefopt.models.logprobs import token_logps
+from prefopt.models.lora import reference_pass
 from prefopt.rollout.scorers import Judge
 from prefopt.train.algorithms.base import Algorithm, StepLoss
 from prefopt.train.algorithms.online import Experience, Sampled, _mean, learner_throughput
@@ -150,9 +151,9 @@ class OnlineDPO(_PairwiseLossMixin, Algorithm):
         for part in _split(rows, num_micro):
             batch = collate_pairs(part, self.pad_id)
             if self.reference is not None:
-                with torch.no_grad():
-                    self.reference.eval()
-                    rc, rr, _, _ = self._pair_logps(self.reference, batch)
+                with torch.no_grad(), reference_pass(self.reference) as reference:
+                    reference.eval()
+                    rc, rr, _, _ = self._pair_logps(reference, batch)
                 batch.ref_chosen_logps, batch.ref_rejected_logps = rc, rr
             batches.append(batch)
         self._learn = {"tokens": 0, "t0": time.perf_counter()}
