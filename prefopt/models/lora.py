@@ -81,7 +81,7 @@ def load_policy(cfg, tokenizer=None):
             raise ConfigError("lora.quantize: quantized base weights cannot be trained without adapters; "
                               "set lora.enabled: true (QLoRA)")
         return apply_freeze(load_model(cfg.model, tokenizer), cfg)
-    apply_freeze(None, cfg)
+    apply_freeze(None, cfg)  # only checks: freeze tuning is refused next to adapters
     model = load_quantized(cfg.model, lora) if lora.quantize != "none" else load_model(cfg.model, tokenizer)
     return apply_lora(model, lora)
 

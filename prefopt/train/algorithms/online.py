@@ -397,7 +397,6 @@ class PolicyGradient(Algorithm):
         # perf.*: the k samples of a prompt share one copy of it in the training forward, rows packed
         # without padding (exact; prefopt.models.prefix.grouped_response_logps)
         self.prefix_sharing, self.padding_free = prefix_sharing, padding_free
-        self._perf = {"prefix_sharing": prefix_sharing, "padding_free": padding_free}
         self.reference = reference if settings.kl_coef > 0 else None
         self.max_new_tokens = max_new_tokens
         self.seed = seed
@@ -411,6 +410,10 @@ class PolicyGradient(Algorithm):
         self.step_counts: dict[str, float] = {}
         self._learn = {"tokens": 0, "t0": 0.0}
         self._value_head = None
+
+    @property
+    def _perf(self) -> dict:
+        return {"prefix_sharing": self.prefix_sharing, "padding_free": self.padding_free}
 
     # ---------------------------------------------------------------- experience
     def next_batches(self, model, num_micro: int) -> list[PGBatch]:
