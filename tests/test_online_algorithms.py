@@ -229,6 +229,7 @@ def test_freeze_tuning_trains_only_matching_parameters(reviews_tokenizer, tmp_pa
     assert changed == ["model.norm.weight"]
     evals = [r for r in read_metrics(tmp_path / "grpo" / "metrics.jsonl") if "eval/reward" in r]
     assert [r["step"] for r in evals] == [0, 2]
+    assert not any("pass@" in k for r in evals for k in r)  # reviews' gold objectives are not pass/fail
 
 
 def test_eval_on_start_leaves_the_run_unchanged(reviews_tokenizer, tmp_path):
@@ -256,8 +257,8 @@ def test_pass_at_k_counts_prompts_with_one_success():
 
     group = torch.tensor([7, 7, 7, 3, 3, 3, 9, 9, 9])  # ids need not be dense
     gold = {"correct": [0, 1, 0, 0, 0, 0, 1, 1, 1], "score": [0.5] * 9}
-    assert _pass_at_k(gold, group, "") == {"gold/correct/pass@3": pytest.approx(2 / 3)}
-    assert _pass_at_k(gold, torch.arange(9), "") == {}  # one sample per prompt: no pass@k
+    assert _pass_at_k(gold, group, ("correct",), "") == {"gold/correct/pass@3": pytest.approx(2 / 3)}
+    assert _pass_at_k(gold, torch.arange(9), ("correct",), "") == {}  # one sample per prompt: no pass@k
 
 
 @pytest.mark.parametrize("algo", ["online_dpo", "iterative_dpo"])

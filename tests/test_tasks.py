@@ -110,3 +110,16 @@ def test_preference_generator_flip_rate_and_schema(reviews_tokenizer, tiny_llama
         if not r["flipped"] and c != rj:
             assert c > rj
     assert 0 < stats.flipped < stats.pairs
+
+
+def test_pass_fail_objectives_are_objectives_scoring_0_or_1():
+    from prefopt.tasks import TASKS
+
+    for name in TASKS:
+        task = get_task(name)
+        assert set(task.pass_fail) <= set(task.objectives), name
+        if task.pass_fail:
+            prompts = task.prompts("eval", 8, seed=0)
+            gold = task.gold(prompts, ["12", "x", "", "-3", "7", "100", "0", "5"])
+            assert all(v in (0.0, 1.0) for k in task.pass_fail for v in gold[k]), name
+    assert get_task("arithmetic").pass_fail == ("correct", "format")

@@ -21,7 +21,7 @@ KL_ESTIMATORS = ("k1", "k2", "k3")
 # ---------------------------------------------------------------------------------------
 # Group statistics and sequence-level advantages
 # ---------------------------------------------------------------------------------------
-def _group_index(group: Tensor) -> tuple[Tensor, Tensor]:
+def group_index(group: Tensor) -> tuple[Tensor, Tensor]:
     """Dense index 0..G-1 per row (ids may be arbitrary) and the size of each row's group."""
     _, index = torch.unique(group, return_inverse=True)
     counts = torch.bincount(index)
@@ -39,7 +39,7 @@ def rloo_advantages(rewards: Tensor, group: Tensor) -> Tensor:
 
     rewards (N,), group (N,) -> (N,). A row alone in its group has no baseline: A = 0.
     """
-    index, counts = _group_index(group)
+    index, counts = group_index(group)
     others = (counts - 1).to(rewards.dtype)
     baseline = (_group_sum(rewards, index) - rewards) / others.clamp(min=1)
     return torch.where(counts > 1, rewards - baseline, torch.zeros_like(rewards))
@@ -53,7 +53,7 @@ def grpo_advantages(rewards: Tensor, group: Tensor, normalize_std: bool = True,
     Dr. GRPO's mean-centred advantages. rewards (N,), group (N,) -> (N,). Singleton groups
     get A = 0.
     """
-    index, counts = _group_index(group)
+    index, counts = group_index(group)
     n = counts.to(rewards.dtype)
     centred = rewards - _group_sum(rewards, index) / n
     if not normalize_std:
@@ -71,7 +71,7 @@ def remax_advantages(rewards: Tensor, greedy_rewards: Tensor) -> Tensor:
 def is_all_equal_group(rewards: Tensor, group: Tensor) -> Tensor:
     """(N,) bool, True for rows whose whole group got the same reward: their GRPO/RLOO
     advantages are all zero, so DAPO's dynamic sampling drops them."""
-    index, _ = _group_index(group)
+    index, _ = group_index(group)
     size = int(index.max()) + 1
     low = rewards.new_full((size,), math.inf).scatter_reduce(0, index, rewards, "amin")
     high = rewards.new_full((size,), -math.inf).scatter_reduce(0, index, rewards, "amax")

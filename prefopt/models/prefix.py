@@ -62,6 +62,19 @@ def attention_cost(model: torch.nn.Module) -> float:
     return 1.0 / (6 * hidden)
 
 
+def packed_layout(model: torch.nn.Module, build) -> PackedLayout | None:
+    """``build(attention_cost)`` -> the layout a batch packs into, or None when ``model`` needs the
+    padded path: no custom-mask support, rows not in right-padded prompt+response form (``build``
+    raises ValueError), or a sliding window narrower than the layout's sequences."""
+    if not supports_packing(model):
+        return None
+    try:
+        layout = build(attention_cost(model))
+    except ValueError:
+        return None
+    return layout if supports_packing(model, layout) else None
+
+
 def _mask(model: torch.nn.Module, layout: PackedLayout, device) -> torch.Tensor:
     config = _causal_lm(model).config
     impl = getattr(config, "_attn_implementation", None)

@@ -29,6 +29,7 @@ def answer(prompt: str) -> int | None:
 class ArithmeticTask(Task):
     name = "arithmetic"
     objectives = ("correct", "format")
+    pass_fail = ("correct", "format")
     default_objective = "correct"
     description = "integer arithmetic (a+b=, a-b=, a*b=) with exact-match reward"
 

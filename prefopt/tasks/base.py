@@ -16,6 +16,7 @@ class Task(ABC):
 
     name: str = ""
     objectives: tuple[str, ...] = ()
+    pass_fail: tuple[str, ...] = ()  # objectives that score 0 or 1 (evaluation reports their pass@k)
     default_objective: str = ""
     description: str = ""
 

@@ -27,7 +27,7 @@ import torch
 
 from prefopt.errors import ConfigError, StopTraining, TrainingError
 from prefopt.losses.reductions import aggregate_loss, masked_mean, masked_sum, step_normalizer
-from prefopt.losses.rl import (AdaptiveKLController, explained_variance, gae, grpo_advantages,
+from prefopt.losses.rl import (AdaptiveKLController, explained_variance, gae, group_index, grpo_advantages,
                                is_all_equal_group, kl_estimate, ppo_policy_loss, reinforce_pp_advantages,
                                remax_advantages, rloo_advantages, value_loss, whiten)
 from prefopt.models.lora import reference_pass
@@ -284,7 +284,7 @@ class Experience:
         if self.task is not None:
             gold = self.task.gold(s.row_prompts, s.responses)
             out.update({f"{prefix}gold/{k}": _mean(v) for k, v in gold.items()})
-            out.update(_pass_at_k(gold, s.group, prefix))
+            out.update(_pass_at_k(gold, s.group, self.task.pass_fail, prefix))
         mask = s.rollout.response_mask
         out[prefix + "response_length"] = float(mask.sum(-1).float().mean())
         untempered = self.sampling.temperature == 1.0 and self.sampling.top_k == 0 and self.sampling.top_p == 1.0
@@ -302,21 +302,20 @@ class Experience:
         self.calls = int(state["calls"])
 
 
-def _pass_at_k(gold: dict[str, list[float]], group: torch.Tensor, prefix: str) -> dict[str, float]:
-    """``gold/<name>/pass@k``: the share of prompts with at least one of their k samples scoring 1,
-    for pass/fail (0/1) objectives when there are k > 1 samples per prompt."""
-    if not len(group):
+def _pass_at_k(gold: dict[str, list[float]], group: torch.Tensor, names, prefix: str) -> dict[str, float]:
+    """``gold/<name>/pass@k`` for the pass/fail (0/1) objectives ``names``: the share of prompts with
+    at least one of their k samples scoring 1 (only when there are k > 1 samples per prompt)."""
+    if not len(group) or not names:
         return {}
-    _, index = torch.unique(group, return_inverse=True)
-    k = int(torch.bincount(index).max())
+    index, sizes = group_index(group)
+    k = int(sizes.max())
     if k < 2:
         return {}
     out = {}
-    for name, values in gold.items():
-        v = torch.tensor(values, dtype=torch.float32)
-        if ((v == 0) | (v == 1)).all():
-            best = torch.zeros(int(index.max()) + 1).scatter_reduce(0, index, v, "amax", include_self=False)
-            out[f"{prefix}gold/{name}/pass@{k}"] = float(best.mean())
+    for name in names:
+        v = torch.tensor(gold[name], dtype=torch.float32)
+        best = torch.zeros(int(index.max()) + 1).scatter_reduce(0, index, v, "amax", include_self=False)
+        out[f"{prefix}gold/{name}/pass@{k}"] = float(best.mean())
     return out
 
 

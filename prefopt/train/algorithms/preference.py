@@ -9,7 +9,7 @@ from prefopt.data.batching import PackedLayout, pack_pairs
 from prefopt.data.tokenize import EncodedPair, collate_pairs
 from prefopt.models.logprobs import sequence_logps
 from prefopt.models.lora import reference_pass
-from prefopt.models.prefix import attention_cost, layout_sequence_logps, supports_packing
+from prefopt.models.prefix import layout_sequence_logps, packed_layout, supports_packing
 from prefopt.train.algorithms.base import DatasetAlgorithm, StepLoss
 from prefopt.types import PreferenceBatch, SequenceBatch
 
@@ -41,14 +41,10 @@ def pair_logps_padded(model, batch: PreferenceBatch, pad_id: int):
 def pair_layout(model, batch: PreferenceBatch, pad_id: int, *, prefix_sharing: bool = True,
                 padding_free: bool = True) -> PackedLayout | None:
     """The packed layout ``pair_logps`` would use for ``batch`` (None: the padded path)."""
-    if not (prefix_sharing or padding_free) or not supports_packing(model):
+    if not (prefix_sharing or padding_free):
         return None
-    try:
-        layout = pack_pairs(batch, pad_id, prefix_sharing=prefix_sharing, padding_free=padding_free,
-                            attention_cost=attention_cost(model))
-    except ValueError:  # rows not in the right-padded prompt+response form
-        return None
-    return layout if supports_packing(model, layout) else None
+    return packed_layout(model, lambda cost: pack_pairs(batch, pad_id, prefix_sharing=prefix_sharing,
+                                                        padding_free=padding_free, attention_cost=cost))
 
 
 def pair_logps(model, batch: PreferenceBatch, pad_id: int, *, prefix_sharing: bool = True,

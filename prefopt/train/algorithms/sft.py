@@ -6,7 +6,7 @@ import torch
 from prefopt.data.batching import pack_sequences
 from prefopt.data.tokenize import Encoded, collate_sequences
 from prefopt.models.logprobs import token_logps
-from prefopt.models.prefix import attention_cost, layout_token_logps, supports_packing
+from prefopt.models.prefix import layout_token_logps, packed_layout
 from prefopt.train.algorithms.base import DatasetAlgorithm, StepLoss
 from prefopt.types import SequenceBatch
 
@@ -30,12 +30,9 @@ class SFT(DatasetAlgorithm):
 
     def _response_logps(self, model, batch: SequenceBatch) -> torch.Tensor:
         """Log-probs of every response token of the batch, flattened (packed when possible)."""
-        if self.padding_free and supports_packing(model):
-            try:
-                layout = pack_sequences(batch, self.pad_id, attention_cost=attention_cost(model))
-            except ValueError:  # rows not in the right-padded prompt+response form
-                layout = None
-            if layout is not None and supports_packing(model, layout):
+        if self.padding_free:
+            layout = packed_layout(model, lambda cost: pack_sequences(batch, self.pad_id, attention_cost=cost))
+            if layout is not None:
                 return layout_token_logps(model, layout)
         logps, mask = token_logps(model, batch)
         return logps[mask]
