@@ -72,3 +72,23 @@ def varies_once(prompts, responses):
     if _calls["n"] == 1:
         return [float(len(r.split())) for r in responses]
     return [1.0] * len(responses)
+
+
+SEEN_PROMPTS: list = []  # every prompt ``messages_only`` was given (the tests clear it)
+
+
+def messages_only(prompts, responses):
+    """Word counts; fails unless every prompt is a list of {role, content} messages (as in the data)."""
+    for p in prompts:
+        if not (isinstance(p, list) and p and all(set(m) == {"role", "content"} for m in p)):
+            raise TypeError(f"expected a list of {{role, content}} messages, got {p!r}")
+    SEEN_PROMPTS.extend(prompts)
+    return [float(len(r.split())) for r in responses]
+
+
+def messages_judge(prompt, a, b):
+    """Longer wins; fails unless the prompt is a conversation."""
+    if not isinstance(prompt, list):
+        raise TypeError(f"expected messages, got {prompt!r}")
+    SEEN_PROMPTS.append(prompt)
+    return longer_wins(prompt, a, b)

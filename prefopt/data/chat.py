@@ -4,6 +4,9 @@ The prompt is rendered with ``add_generation_prompt=True``; the response is what
 conversation renders to *after* that prompt text (the assistant turn, including the template's
 end-of-turn marker). Only those response tokens carry loss, so system/user turns, earlier
 assistant turns and the generation prompt never do.
+
+Rendered text is tokenized without special tokens everywhere (``encode_text``): a template that
+writes ``{{ bos_token }}`` itself yields exactly one BOS, never a second one from the tokenizer.
 """
 from __future__ import annotations
 
@@ -61,3 +64,17 @@ def render_pair(tokenizer, prompt: list[dict], response: list[dict]) -> tuple[st
                         "prompt is not a prefix of the full conversation; the assistant response cannot be "
                         "isolated (use a template without that behaviour, e.g. data.chat_template: simple)")
     return prompt_text, full[len(prompt_text):]
+
+
+def prompt_text(tokenizer, prompt: str | list[dict]) -> str:
+    """The text a policy continues: a string as it is, a conversation rendered by ``render_prompt``."""
+    return render_prompt(tokenizer, prompt) if isinstance(prompt, list) else prompt
+
+
+def last_user_content(messages: list[dict]) -> str:
+    """The content of a conversation's last user turn (what a single-turn task was asked)."""
+    for m in reversed(messages):
+        if m.get("role") == "user":
+            return m["content"]
+    roles = ", ".join(str(m.get("role")) for m in messages) or "none"
+    raise DataError(f"a conversational prompt has no user turn (roles: {roles})")

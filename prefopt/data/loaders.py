@@ -9,7 +9,8 @@ Schemas (``validate``):
 - ``pairwise``: prompt, chosen, rejected (+ optional weight, margin, scores)
 - ``unpaired``: prompt, completion, label (binary feedback for KTO; + optional weight, scores)
 - ``sft``: prompt, completion (or a ``messages`` conversation whose last turn is the assistant's)
-- ``prompt``: prompt only (online training)
+- ``prompt``: prompt only (online training); a conversational prompt ends before the response,
+  and a ``messages`` conversation stands for the prompt with its final assistant turn dropped
 
 Text fields are strings, or lists of ``{role, content}`` messages (conversational form). A
 conversational pairwise row may omit ``prompt`` when chosen and rejected are whole
@@ -299,6 +300,7 @@ class Validated:
     skipped: int
     problems: list[str]
     conversational: int = 0
+    indices: list[int] = field(default_factory=list)  # each kept row's position in the source
 
 
 def is_messages(value: Any) -> bool:
@@ -396,6 +398,23 @@ def _split_conversation(name: str, conv: list[dict]) -> tuple[list[dict], list[d
     return conv[:-1], conv[-1:]
 
 
+def _prompt_only(row: dict):
+    """An online prompt: text, or a conversation ending before the response (a ``messages``
+    conversation loses its final assistant turn, the response it holds)."""
+    if row.get("prompt") is None and is_messages(row.get("messages")):
+        conv = _check_messages("messages", row["messages"])
+        prompt = conv[:-1] if conv[-1]["role"] == "assistant" else conv
+        if not prompt:
+            raise _RowError("messages", "the conversation has no turn before the assistant's answer")
+        return prompt
+    prompt = _text(row, "prompt")
+    if isinstance(prompt, list) and prompt[-1]["role"] == "assistant":
+        raise _RowError("prompt", "the last message is the assistant's; a prompt ends where the response "
+                                  "begins (drop that turn, or give the conversation as a 'messages' column, "
+                                  "whose final assistant turn is dropped)")
+    return prompt
+
+
 def _wrong_schema_hint(row: dict, schema: str) -> str:
     if schema == "pairwise" and "completion" in row and "label" in row and "chosen" not in row:
         return ("; this row looks like unpaired binary feedback (prompt, completion, label), i.e. KTO data: "
@@ -437,7 +456,7 @@ def _normalize(row: dict, schema: str) -> dict:
                 raise _RowError("label", "missing (expected true for desirable, false for undesirable)")
             out["label"] = _label(row["label"])
     elif schema == "prompt":
-        out["prompt"] = _text(row, "prompt")
+        out["prompt"] = _prompt_only(row)
         keys = ("prompt",)
     else:
         raise DataError(f"unknown schema '{schema}' (known: {', '.join(SCHEMAS)})")
@@ -473,7 +492,7 @@ def validate(rows: list[dict] | Records, schema: str, source: str | None = None,
         raise DataError(f"data.on_bad_row: got '{on_bad_row}', expected 'error' or 'skip'")
     records = rows if isinstance(rows, Records) else Records(list(rows), source or "<rows>")
     source = source or records.source
-    good, problems, conv = [], [], 0
+    good, problems, conv, indices = [], [], 0, []
     for i, row in enumerate(records.rows):
         try:
             norm = _normalize(row, schema)
@@ -497,11 +516,12 @@ def validate(rows: list[dict] | Records, schema: str, source: str | None = None,
             continue
         conv += norm["conversational"]
         good.append(norm)
+        indices.append(i)
     if not good:
         detail = f"; first problem: {problems[0]}" if problems else ""
         raise DataError(f"{source}: no usable {schema} rows ({len(records.rows)} read, "
                         f"{len(problems)} bad){detail}")
-    return Validated(good, len(problems), problems, conv)
+    return Validated(good, len(problems), problems, conv, indices)
 
 
 def detect_schema(row: dict) -> str | None:

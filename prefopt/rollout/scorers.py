@@ -1,13 +1,15 @@
-"""Scorers: turn (prompt, response) texts into named rewards, safely.
+"""Scorers: turn (prompt, response) pairs into named rewards, safely.
 
 A *scorer* is any callable ``scorer(prompts, responses) -> list[float] | dict[str, list[float]]``
-(rows aligned with the inputs). Kinds, by config name:
+(rows aligned with the inputs). Prompts come as given in the data: a string, or a list of
+``{role, content}`` messages; responses are the decoded texts. Kinds, by config name:
 
 - ``gold:OBJECTIVE`` / ``gold``: a lab task's gold reward (one objective / all of them); the task
   object is supplied by the caller (this module never imports the lab).
 - ``module:function``: a Python reward function ``f(prompts, responses)``; with ``options`` the
   function is a *factory* called as ``function(**options)`` that returns the scorer.
-- ``reward_model:PATH``: a trained reward model, loaded through ``prefopt.models.reward``.
+- ``reward_model:PATH``: a trained reward model, loaded through ``prefopt.models.reward``; it
+  renders conversations with its own tokenizer's chat template (option ``chat_template`` sets one).
 - anything registered with :func:`register_scorer_kind`.
 
 :class:`RewardFunction` wraps one scorer with error handling: a scorer that raises, returns the
@@ -23,12 +25,14 @@ from __future__ import annotations
 import importlib
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, Union
 
+from prefopt.data.chat import has_chat_template, set_chat_template
 from prefopt.errors import ConfigError, PrefoptError
 
-ScorerFn = Callable[[list[str], list[str]], Any]
-JudgeFn = Callable[[str, str, str], float]
+Prompt = Union[str, list]  # a string, or a list of {role, content} messages
+ScorerFn = Callable[[list[Prompt], list[str]], Any]
+JudgeFn = Callable[[Prompt, str, str], float]
 
 COMBINE_MODES = ("sum", "mean", "min", "uwo")
 
@@ -75,12 +79,34 @@ def _reward_model(path: str, **options) -> ScorerFn:
         reward = importlib.import_module("prefopt.models.reward")
     except ImportError as exc:
         raise ConfigError(f"reward 'reward_model:{path}': prefopt.models.reward is not available ({exc})") from None
+    template = options.pop("chat_template", None)
     for name in ("load_scorer", "load_reward_scorer", "load_reward_model"):
         loader = getattr(reward, name, None)
         if callable(loader):
-            return loader(path, **options)
+            scorer = loader(path, **options)
+            if template:
+                if getattr(scorer, "tokenizer", None) is None:
+                    raise ConfigError(f"reward 'reward_model:{path}': option chat_template needs a scorer with a "
+                                      "tokenizer")
+                set_chat_template(scorer.tokenizer, template)
+            return _ConversationCheck(scorer, f"reward_model:{path}")
     raise ConfigError(f"reward 'reward_model:{path}': prefopt.models.reward has no scorer loader; "
                       "give the reward model as 'module:factory' with options {path: ...} instead")
+
+
+class _ConversationCheck:
+    """A reward model's scorer that refuses conversations up front when its tokenizer cannot render them."""
+
+    def __init__(self, scorer, name: str):
+        self.scorer, self.name = scorer, name
+
+    def __call__(self, prompts: list[Prompt], responses: list[str]):
+        tokenizer = getattr(self.scorer, "tokenizer", None)
+        if tokenizer is not None and any(isinstance(p, list) for p in prompts) and not has_chat_template(tokenizer):
+            raise ConfigError(f"reward '{self.name}': the prompts are conversations but the reward model's "
+                              "tokenizer has no chat template; give the reward options {chat_template: simple} "
+                              "(or a Jinja file or text)")
+        return self.scorer(prompts, responses)
 
 
 class GoldScorer:
@@ -95,7 +121,7 @@ class GoldScorer:
         self.task = task
         self.objectives = tuple(objectives) if objectives else known
 
-    def __call__(self, prompts: list[str], responses: list[str]) -> dict[str, list[float]]:
+    def __call__(self, prompts: list[Prompt], responses: list[str]) -> dict[str, list[float]]:
         gold = self.task.gold(prompts, responses)
         return {k: gold[k] for k in self.objectives}
 
@@ -125,11 +151,16 @@ def resolve_scorer(name: str, *, task=None, options: dict | None = None) -> tupl
 # --------------------------------------------------------------------------- safe calls
 
 
-def _describe_row(i: int, prompts: list[str], row_prompt: Sequence[int] | None) -> str:
+def _preview(prompt: Prompt) -> str:
+    """A prompt in an error message: its text (a conversation: its last turn), shortened, quoted."""
+    text = f"{prompt[-1].get('role')}: {prompt[-1].get('content')}" if isinstance(prompt, list) and prompt else prompt
+    text = str(text)
+    return repr(text if len(text) <= 60 else text[:57] + "...")
+
+
+def _describe_row(i: int, prompts: list[Prompt], row_prompt: Sequence[int] | None) -> str:
     p = row_prompt[i] if row_prompt is not None else i
-    text = prompts[i]
-    short = text if len(text) <= 60 else text[:57] + "..."
-    return f"sample {i} (prompt {p}: {short!r})"
+    return f"sample {i} (prompt {p}: {_preview(prompts[i])})"
 
 
 def _as_float(x) -> float:
@@ -185,11 +216,13 @@ class RewardFunction:
     def component(self, key: str) -> str:
         return f"{self.label}/{key}" if key else self.label
 
-    def __call__(self, prompts: list[str], responses: list[str],
+    def __call__(self, prompts: list[Prompt], responses: list[str],
                  row_prompt: Sequence[int] | None = None) -> ScoreResult:
         n = len(prompts)
         try:
             out = self.fn(prompts, responses)
+        except ConfigError:  # a setup problem (e.g. no chat template), not a failing sample
+            raise
         except Exception as exc:  # noqa: BLE001 - any failure of user code is reported, not crashed on
             # Find the failing sample(s) by scoring row by row.
             return self._finish(self._row_by_row(prompts, responses, row_prompt, exc), prompts, row_prompt)
@@ -298,7 +331,7 @@ class WeightedReward:
         self.functions = functions
         self.combine, self.uwo_lambda, self.penalty = combine, float(uwo_lambda), float(penalty)
 
-    def __call__(self, prompts: list[str], responses: list[str],
+    def __call__(self, prompts: list[Prompt], responses: list[str],
                  row_prompt: Sequence[int] | None = None) -> RewardOutput:
         if len(prompts) != len(responses):
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
@@ -372,7 +405,7 @@ class Judge:
             raise ConfigError(f"on_reward_error: got '{on_error}', expected 'error' or 'penalty'")
         self.fn, self.name, self.on_error = fn, name, on_error
 
-    def __call__(self, prompts: list[str], a: list[str], b: list[str]) -> tuple[list[float], int]:
+    def __call__(self, prompts: list[Prompt], a: list[str], b: list[str]) -> tuple[list[float], int]:
         """P(a_i ≻ b_i) for each pair i; failed pairs (penalty mode) get NaN. Returns (probs, n_failed)."""
         out, failed = [], 0
         for i, (p, x, y) in enumerate(zip(prompts, a, b)):
@@ -383,16 +416,15 @@ class Judge:
                 v, problem = math.nan, f"{type(exc).__name__}: {exc}"
             if problem is not None:
                 if self.on_error == "error":
-                    short = p if len(p) <= 60 else p[:57] + "..."
-                    raise RewardError(f"judge '{self.name}': {problem} on pair {i} (prompt {short!r})")
+                    raise RewardError(f"judge '{self.name}': {problem} on pair {i} (prompt {_preview(p)})")
                 v, failed = math.nan, failed + 1
             out.append(v)
         return out, failed
 
 
-def judge_from_reward(reward: Callable[[list[str], list[str]], list[float]], temperature: float = 1.0) -> JudgeFn:
+def judge_from_reward(reward: Callable[[list[Prompt], list[str]], list[float]], temperature: float = 1.0) -> JudgeFn:
     """Bradley-Terry judge from a scalar reward: P(a ≻ b) = σ((r(a) - r(b)) / temperature)."""
-    def judge(prompt: str, a: str, b: str) -> float:
+    def judge(prompt: Prompt, a: str, b: str) -> float:
         ra, rb = reward([prompt, prompt], [a, b])
         z = (ra - rb) / temperature
         return 1.0 / (1.0 + math.exp(-z)) if z > -700 else 0.0

@@ -1,13 +1,21 @@
 """Text in, text out around the engine: tokenize prompts once, sample, decode the responses."""
 from __future__ import annotations
 
+from typing import Sequence
+
+from prefopt.data.chat import prompt_text
+from prefopt.data.tokenize import encode_text
 from prefopt.rollout.engine import SamplingConfig, generate
 from prefopt.types import Rollout
 
 
-def encode_prompts(tokenizer, prompts: list[str], max_prompt_length: int | None = None) -> tuple[list[list[int]], int]:
-    """Token ids of each prompt, trimmed from the left to ``max_prompt_length``; returns (ids, n_truncated)."""
-    ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+def encode_prompts(tokenizer, prompts: Sequence[str | list[dict]],
+                   max_prompt_length: int | None = None) -> tuple[list[list[int]], int]:
+    """Token ids of each prompt, trimmed from the left to ``max_prompt_length``; returns (ids, n_truncated).
+
+    A prompt is text, or a conversation rendered with the chat template (``prompt_text``). Text is
+    tokenized without special tokens, as offline data: a template writing its own BOS keeps one."""
+    ids = [encode_text(tokenizer, prompt_text(tokenizer, p)) for p in prompts]
     if max_prompt_length is None:
         return ids, 0
     truncated = sum(len(x) > max_prompt_length for x in ids)
@@ -20,7 +28,7 @@ def decode_responses(tokenizer, rollout: Rollout) -> list[str]:
     return tokenizer.batch_decode(rows, skip_special_tokens=True)
 
 
-def sample_texts(model, tokenizer, prompts: list[str], cfg: SamplingConfig,
+def sample_texts(model, tokenizer, prompts: Sequence[str | list[dict]], cfg: SamplingConfig,
                  seeds: list[int] | None = None) -> tuple[Rollout, list[str]]:
     """Sample ``cfg.num_samples`` responses per prompt; rows of prompt p are p*k .. p*k+k-1."""
     ids, _ = encode_prompts(tokenizer, prompts)

@@ -10,7 +10,7 @@ import random
 import re
 import zlib
 
-from prefopt.tasks.base import Task, register_task
+from prefopt.tasks.base import Task, lab_prompts, register_task
 
 _INT = re.compile(r"^-?\d+$")
 _PROMPT = re.compile(r"^(\d+)([+\-*])(\d+)=$")
@@ -65,11 +65,11 @@ class ArithmeticTask(Task):
     def sft_corpus(self, n: int, seed: int = 0) -> list[tuple[str, str]]:
         return [(p, str(answer(p))) for p in self.prompts("train", n, seed)]
 
-    def gold(self, prompts: list[str], responses: list[str]) -> dict[str, list[float]]:
+    def gold(self, prompts: list, responses: list[str]) -> dict[str, list[float]]:
         if len(prompts) != len(responses):
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
         correct, fmt = [], []
-        for p, r in zip(prompts, responses):
+        for p, r in zip(lab_prompts(prompts), responses):
             r = r.strip()
             ok_format = bool(_INT.match(r))
             fmt.append(float(ok_format))

@@ -5,6 +5,7 @@ import difflib
 from abc import ABC, abstractmethod
 from typing import Callable
 
+from prefopt.data.chat import last_user_content
 from prefopt.errors import ConfigError
 
 
@@ -12,6 +13,8 @@ class Task(ABC):
     """A controlled task whose gold reward is known.
 
     Prompts and responses are plain text; a response is scored without its end-of-sequence token.
+    ``gold`` also takes prompts as conversations (lists of {role, content} messages): their last
+    user turn is the task's prompt (:func:`lab_prompts`).
     """
 
     name: str = ""
@@ -29,13 +32,19 @@ class Task(ABC):
         """``n`` (prompt, response) demonstrations drawn from the task's base distribution."""
 
     @abstractmethod
-    def gold(self, prompts: list[str], responses: list[str]) -> dict[str, list[float]]:
-        """Gold reward of each response, one list per objective (all of ``self.objectives``)."""
+    def gold(self, prompts: list, responses: list[str]) -> dict[str, list[float]]:
+        """Gold reward of each response, one list per objective (all of ``self.objectives``);
+        prompts are texts or conversations (see :func:`lab_prompts`)."""
 
     def tokenizer_corpus(self) -> list[str]:
         """Text the task's tokenizer is trained on."""
         pairs = self.sft_corpus(4000, seed=12345)
         return [p + r for p, r in pairs]
+
+
+def lab_prompts(prompts: list) -> list[str]:
+    """The task prompt of each prompt as given: a text itself, a conversation its last user turn."""
+    return [last_user_content(p) if isinstance(p, list) else p for p in prompts]
 
 
 TASKS: dict[str, Callable[..., Task]] = {}

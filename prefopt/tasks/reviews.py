@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import random
 
-from prefopt.tasks.base import Task, register_task
+from prefopt.tasks.base import Task, lab_prompts, register_task
 
 BRANDS = ("zenta", "korvo", "lumix", "nadir", "oberon", "pico", "quasar", "rhea",
           "sol", "tern", "umbra", "vega")
@@ -115,8 +115,8 @@ class ReviewsTask(Task):
             "brevity": max(0.0, 1.0 - len(words) / self.max_words),
         }
 
-    def gold(self, prompts: list[str], responses: list[str]) -> dict[str, list[float]]:
+    def gold(self, prompts: list, responses: list[str]) -> dict[str, list[float]]:
         if len(prompts) != len(responses):
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
-        scores = [self.score(p, r) for p, r in zip(prompts, responses)]
+        scores = [self.score(p, r) for p, r in zip(lab_prompts(prompts), responses)]
         return {k: [s[k] for s in scores] for k in self.objectives}

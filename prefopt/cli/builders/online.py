@@ -4,8 +4,8 @@ from __future__ import annotations
 import dataclasses
 
 from prefopt.cli.builders import register
-from prefopt.data.loaders import read_jsonl
-from prefopt.errors import ConfigError, DataError
+from prefopt.data.chat import set_chat_template
+from prefopt.errors import ConfigError
 from prefopt.tasks import get_task
 from prefopt.train.algorithms.base import Algorithm
 from prefopt.train.config import TrainConfig
@@ -15,31 +15,35 @@ PG_NAMES = ("rloo", "grpo", "dr_grpo", "dapo", "remax", "reinforce_pp", "ppo")
 ROUND_DEFAULT_GENERATIONS = 4
 
 
-def _prompt_rows(path: str, on_bad_row: str) -> list[str]:
-    prompts = []
-    for i, row in enumerate(read_jsonl(path), start=1):
-        if isinstance(row.get("prompt"), str):
-            prompts.append(row["prompt"])
-        elif on_bad_row == "error":
-            raise DataError(f"{path}, row {i}: missing string field 'prompt' (present: {', '.join(sorted(row)) or 'none'})")
-    if not prompts:
-        raise DataError(f"{path}: no rows with a 'prompt' field")
-    return prompts
+def _prompt_rows(cfg: TrainConfig, tokenizer):
+    """(train, held-out) PromptSets of data.path, read like offline data (formats, data.columns,
+    conversations rendered with the chat template, data.on_bad_row)."""
+    from prefopt.data.prompts import load_prompts
+
+    d = cfg.data
+    return load_prompts(d.path, tokenizer, eval_path=d.eval_path, fmt=d.format, split=d.split,
+                        eval_split=d.eval_split, columns=d.columns, on_bad_row=d.on_bad_row,
+                        eval_examples=d.eval_examples)
 
 
-def _prompts(cfg: TrainConfig, task) -> tuple[list[str], list[str]]:
-    """Training and held-out prompts: from data.path (JSONL with 'prompt') or the lab task."""
+def _prompts(cfg: TrainConfig, task, tokenizer):
+    """Training and held-out prompts (PromptSets): from data.path or the lab task; and their stats."""
+    from prefopt.data.prompts import PromptSet
+
+    set_chat_template(tokenizer, cfg.data.chat_template)
     if cfg.data.path:
-        train = _prompt_rows(cfg.data.path, cfg.data.on_bad_row)
-        if cfg.data.eval_path:
-            return train, _prompt_rows(cfg.data.eval_path, cfg.data.on_bad_row)
-        n_eval = min(cfg.data.eval_examples, len(train) // 10)
-        return train[n_eval:], train[:n_eval]
-    if task is None:
-        raise ConfigError("data.path: online training needs prompts, from a JSONL file with a 'prompt' field "
-                          "or from a lab task (data.task)")
-    return (task.prompts("train", cfg.online.num_prompts, seed=cfg.train.seed),
-            task.prompts("eval", cfg.data.eval_examples, seed=cfg.train.seed + 1))
+        train, held_out = _prompt_rows(cfg, tokenizer)
+    elif task is None:
+        raise ConfigError("data.path: online training needs prompts, from a data file or dataset with a 'prompt' "
+                          "column (text or {role, content} messages; see data.columns) or from a lab task (data.task)")
+    else:
+        train = PromptSet.from_prompts(task.prompts("train", cfg.online.num_prompts, seed=cfg.train.seed),
+                                       source=f"task {task.name}")
+        held_out = PromptSet.from_prompts(task.prompts("eval", cfg.data.eval_examples, seed=cfg.train.seed + 1),
+                                          source=f"task {task.name}")
+    stats = {"data/prompts_conversational": float(train.conversational),
+             "data/bad_rows_skipped": float(train.skipped), "data/eval_bad_rows_skipped": float(held_out.skipped)}
+    return train, held_out, stats
 
 
 def _reward(cfg: TrainConfig, task, required: bool = True):
@@ -108,11 +112,14 @@ def _max_prompt_length(cfg: TrainConfig, model) -> int:
 def _experience(cfg: TrainConfig, model, tokenizer, *, k: int, reward, reference, task):
     from prefopt.train.algorithms.online import Experience
 
-    train_prompts, eval_prompts = _prompts(cfg, task)
-    return Experience(train_prompts, eval_prompts, tokenizer, _sampling(cfg, k), reward,
-                      max_prompt_length=_max_prompt_length(cfg, model), seed=cfg.train.seed, task=task,
-                      eval_num_samples=cfg.online.eval_num_samples, eval_greedy=cfg.online.eval_greedy,
-                      reference=reference if cfg.online.eval_kl else None)
+    train, held_out, stats = _prompts(cfg, task, tokenizer)
+    exp = Experience(train.texts, held_out.texts, tokenizer, _sampling(cfg, k), reward,
+                     max_prompt_length=_max_prompt_length(cfg, model), seed=cfg.train.seed, task=task,
+                     eval_num_samples=cfg.online.eval_num_samples, eval_greedy=cfg.online.eval_greedy,
+                     reference=reference if cfg.online.eval_kl else None,
+                     raw_prompts=train.raw, raw_eval_prompts=held_out.raw)
+    exp.stats.update(stats)
+    return exp
 
 
 def _task(cfg: TrainConfig):

@@ -137,8 +137,8 @@ class Sampled:
     """Responses of the current policy to some prompts, with their texts and cost."""
 
     rollout: Rollout
-    prompts: list[str]  # P prompt texts
-    row_prompts: list[str]  # N prompt texts (row i answers row_prompts[i])
+    prompts: list  # P prompts as given (text or messages): what rewards, judges and gold see
+    row_prompts: list  # N prompts as given (row i answers row_prompts[i])
     responses: list[str]  # N response texts
     seconds: float
     indices: list[int] = dataclasses.field(default_factory=list)  # P positions in the prompt pool
@@ -191,30 +191,38 @@ class Experience:
 
     Prompts are encoded once; a prompt longer than ``max_prompt_length`` keeps its last tokens
     and is counted (``data/prompts_truncated``), an empty one is dropped and counted.
+    ``prompts`` are the texts the policy continues; ``raw_prompts`` the same prompts as given
+    (text or messages; default: the texts), which rewards, judges and the task's gold receive.
     """
 
     def __init__(self, prompts: list[str], eval_prompts: list[str], tokenizer, sampling: SamplingConfig,
                  reward: WeightedReward | None, *, max_prompt_length: int, seed: int = 0, task=None,
-                 eval_num_samples: int = 2, eval_greedy: bool = False, reference=None):
+                 eval_num_samples: int = 2, eval_greedy: bool = False, reference=None,
+                 raw_prompts: list | None = None, raw_eval_prompts: list | None = None):
         self.tokenizer, self.sampling, self.reward = tokenizer, sampling, reward
         self.pad_id, self.eos_id = tokenizer.pad_token_id, tokenizer.eos_token_id
         self.seed, self.task, self.reference = seed, task, reference
         self.eval_num_samples, self.eval_greedy = eval_num_samples, eval_greedy
-        self.prompts, self.prompt_ids, self.stats = self._encode(prompts, max_prompt_length, "data")
+        self.prompts, self.raw_prompts, self.prompt_ids, self.stats = self._encode(
+            prompts, raw_prompts, max_prompt_length, "data")
         if not self.prompts:
             raise ConfigError("online training needs at least one non-empty prompt")
-        self.eval_prompts, self.eval_ids, eval_stats = self._encode(eval_prompts, max_prompt_length, "data/eval")
+        self.eval_prompts, self.raw_eval_prompts, self.eval_ids, eval_stats = self._encode(
+            eval_prompts, raw_eval_prompts, max_prompt_length, "data/eval")
         self.stats.update(eval_stats)
         self.sampler = EpochSampler(len(self.prompts), seed, shuffle=True)
         self.calls = 0  # sampling calls so far: seeds every call differently, deterministically
         self.metrics: dict[str, float] = {}
 
-    def _encode(self, prompts: list[str], max_len: int, prefix: str):
+    def _encode(self, prompts: list[str], raw: list | None, max_len: int, prefix: str):
+        raw = prompts if raw is None else raw
+        if len(raw) != len(prompts):
+            raise ValueError(f"Experience: {len(raw)} raw prompts for {len(prompts)} prompt texts")
         ids, truncated = encode_prompts(self.tokenizer, prompts, max_len)
         keep = [i for i, x in enumerate(ids) if x]
         stats = {f"{prefix}/prompts": float(len(keep)), f"{prefix}/prompts_truncated": float(truncated),
                  f"{prefix}/prompts_empty_dropped": float(len(ids) - len(keep))}
-        return [prompts[i] for i in keep], [ids[i] for i in keep], stats
+        return [prompts[i] for i in keep], [raw[i] for i in keep], [ids[i] for i in keep], stats
 
     # ---------------------------------------------------------------- sampling and scoring
     def next_prompts(self, n: int) -> list[int]:
@@ -222,7 +230,7 @@ class Experience:
 
     def sample(self, model, indices: list[int], k: int, *, greedy: bool = False,
                eval_split: bool = False) -> Sampled:
-        texts = self.eval_prompts if eval_split else self.prompts
+        given = self.raw_eval_prompts if eval_split else self.raw_prompts
         ids = self.eval_ids if eval_split else self.prompt_ids
         cfg = dataclasses.replace(self.sampling, num_samples=k, **({"temperature": 0.0} if greedy else {}))
         if eval_split:
@@ -234,7 +242,7 @@ class Experience:
         rollout = generate(model, [ids[i] for i in indices], cfg, pad_token_id=self.pad_id,
                            eos_token_id=self.eos_id, tokenizer=self.tokenizer, seeds=seeds)
         seconds = time.perf_counter() - t0
-        prompts = [texts[i] for i in indices]
+        prompts = [given[i] for i in indices]
         sampled = Sampled(rollout, prompts, [prompts[g] for g in rollout.group.tolist()],
                           decode_responses(self.tokenizer, rollout), seconds, list(indices))
         if not eval_split:
