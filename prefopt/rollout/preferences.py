@@ -111,9 +111,10 @@ class RewardJudge(NamedJudge):
             raise ConfigError(f"judge '{name}': the reward returns {len(components)} components "
                               f"{list(components)}; a Bradley-Terry judge needs one (name it, e.g. gold:OBJECTIVE)")
         self.reward, self.temperature = reward, float(temperature)
-        super().__init__(judge_from_reward(self._scalar, temperature), name)
+        super().__init__(judge_from_reward(self.rewards, temperature), name)
 
-    def _scalar(self, prompts: list[str], responses: list[str]) -> list[float]:
+    def rewards(self, prompts: list[str], responses: list[str]) -> list[float]:
+        """The scalar reward of each response, checked (one value per response, finite)."""
         out = self.reward(prompts, responses)
         if isinstance(out, Mapping):
             if len(out) != 1:
@@ -131,7 +132,7 @@ class RewardJudge(NamedJudge):
         return values
 
     def _bt(self, prompt: str, a: Sequence[str], b: Sequence[str]) -> torch.Tensor:
-        r = torch.tensor(self._scalar([prompt] * (len(a) + len(b)), list(a) + list(b)), dtype=torch.float64)
+        r = torch.tensor(self.rewards([prompt] * (len(a) + len(b)), list(a) + list(b)), dtype=torch.float64)
         ra, rb = r[:len(a)], r[len(a):]
         return torch.sigmoid((ra[:, None] - rb[None, :]) / self.temperature)
 
