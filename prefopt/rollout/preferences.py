@@ -1,0 +1,257 @@
+"""Preference sources: pairwise judges P(a ≻ b) and the win-rate statistics built from them.
+
+A *judge* answers ``judge(prompt, a, b) -> P(a ≻ b)`` in [0, 1]. Sources, by config name
+(:func:`build_judge`):
+
+- ``lab``: the lab task's gold pairwise judge (a task with a ``judge`` method, e.g. ``reviews_rps``).
+- ``bt:SCORER``: a Bradley-Terry judge σ((r(a) − r(b)) / temperature) over any scorer name that
+  :func:`prefopt.rollout.scorers.resolve_scorer` knows (``bt:gold:informativeness``,
+  ``bt:reward_model:PATH``, ``bt:module:function``); option ``temperature`` (default 1).
+- ``module:function``: a Python judge function (with ``options``, a factory returning one).
+
+Every value is checked: an exception, NaN or a value outside [0, 1] stops with a
+:class:`~prefopt.rollout.scorers.RewardError` naming the judge, the prompt and the pair.
+:func:`win_rate_matrix` gives the (P, K, K) matrix over the K samples of each prompt once per batch
+(½ on the diagonal) that SPPO, SPO and DNO read; :func:`win_rate` and :func:`exploitability`
+compare policies through their samples.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Mapping, Sequence
+
+import torch
+
+from prefopt.errors import ConfigError, PrefoptError
+from prefopt.rollout.scorers import RewardError, import_callable, judge_from_reward, resolve_scorer
+
+JudgeFn = Callable[[str, str, str], float]
+
+
+def _short(text: str, limit: int = 40) -> str:
+    return repr(text if len(text) <= limit else text[:limit - 3] + "...")
+
+
+def _groups(prompts: Sequence[str], responses: Sequence[str], what: str, min_k: int = 1) -> int:
+    """Samples per prompt of a flat layout (rows p*K .. p*K+K-1 belong to prompt p)."""
+    if not prompts:
+        raise ValueError(f"{what}: no prompts")
+    k, rest = divmod(len(responses), len(prompts))
+    if rest:
+        raise ValueError(f"{what}: {len(responses)} responses for {len(prompts)} prompts; "
+                         "expected the same number of samples for every prompt")
+    if k < min_k:
+        raise ValueError(f"{what}: win rates need at least {min_k} samples per prompt, got {k} "
+                         f"({len(prompts)} prompts, {len(responses)} responses)")
+    return k
+
+
+class NamedJudge:
+    """A judge function with a name; every value it returns is validated."""
+
+    def __init__(self, fn: JudgeFn, name: str):
+        if not callable(fn):
+            raise ConfigError(f"judge '{name}': expected a callable judge(prompt, a, b), got {type(fn).__name__}")
+        self.fn, self.name = fn, name
+
+    def probability(self, prompt: str, a: str, b: str, where: str = "") -> float:
+        """P(a ≻ b), or a :class:`RewardError` naming the judge and the pair."""
+        where = where or f"pair ({_short(a)}, {_short(b)})"
+        try:
+            value = self.fn(prompt, a, b)
+            value = float(value.item() if hasattr(value, "item") else value)
+        except PrefoptError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - user code: report which judge and pair failed
+            raise RewardError(f"judge '{self.name}': {type(exc).__name__}: {exc} on {where} "
+                              f"of prompt {_short(prompt)}") from exc
+        if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+            raise RewardError(f"judge '{self.name}': returned {value} on {where} of prompt {_short(prompt)}; "
+                              "expected a probability in [0, 1]")
+        return value
+
+    __call__ = probability
+
+    def block(self, prompt: str, a: Sequence[str], b: Sequence[str], label: str = "") -> torch.Tensor:
+        """(len a, len b) matrix of P(a_i ≻ b_j) for one prompt."""
+        return torch.tensor([[self.probability(prompt, x, y, f"{label}pair ({i}, {j})")
+                              for j, y in enumerate(b)] for i, x in enumerate(a)], dtype=torch.float64)
+
+    def matrix(self, prompt: str, samples: Sequence[str], both_orders: bool = False,
+               label: str = "") -> torch.Tensor:
+        """(K, K) win rates among one prompt's samples, ½ on the diagonal.
+
+        One order per pair (K(K−1)/2 calls) with P(j ≻ i) := 1 − P(i ≻ j); ``both_orders`` asks both
+        and averages P(i ≻ j) and 1 − P(j ≻ i), which cancels a judge's position bias.
+        """
+        k = len(samples)
+        out = torch.full((k, k), 0.5, dtype=torch.float64)
+        for i in range(k):
+            for j in range(i + 1, k):
+                p = self.probability(prompt, samples[i], samples[j], f"{label}pair ({i}, {j})")
+                if both_orders:
+                    p = 0.5 * (p + 1.0 - self.probability(prompt, samples[j], samples[i], f"{label}pair ({j}, {i})"))
+                out[i, j], out[j, i] = p, 1.0 - p
+        return out
+
+
+class RewardJudge(NamedJudge):
+    """Bradley-Terry judge σ((r(a) − r(b)) / temperature) from a scalar reward ``r(prompts, responses)``.
+
+    Matrices score each sample once (one reward call per prompt) instead of once per pair.
+    """
+
+    def __init__(self, reward: Callable[[list[str], list[str]], Sequence[float]], name: str,
+                 temperature: float = 1.0):
+        if not (math.isfinite(temperature) and temperature > 0):
+            raise ConfigError(f"judge '{name}': temperature must be > 0, got {temperature}")
+        components = getattr(reward, "objectives", None)  # a gold scorer says what it returns
+        if components is not None and len(components) != 1:
+            raise ConfigError(f"judge '{name}': the reward returns {len(components)} components "
+                              f"{list(components)}; a Bradley-Terry judge needs one (name it, e.g. gold:OBJECTIVE)")
+        self.reward, self.temperature = reward, float(temperature)
+        super().__init__(judge_from_reward(self.rewards, temperature), name)
+
+    def rewards(self, prompts: list[str], responses: list[str]) -> list[float]:
+        """The scalar reward of each response, checked (one value per response, finite)."""
+        out = self.reward(prompts, responses)
+        if isinstance(out, Mapping):
+            if len(out) != 1:
+                raise ConfigError(f"judge '{self.name}': the reward returns {len(out)} components "
+                                  f"{sorted(out)}; a Bradley-Terry judge needs one (name it, e.g. gold:OBJECTIVE)")
+            out = next(iter(out.values()))
+        values = [float(v) for v in out]
+        if len(values) != len(responses):
+            raise RewardError(f"judge '{self.name}': the reward returned {len(values)} values for "
+                              f"{len(responses)} responses")
+        bad = [i for i, v in enumerate(values) if not math.isfinite(v)]
+        if bad:
+            raise RewardError(f"judge '{self.name}': the reward returned {values[bad[0]]} for response "
+                              f"{bad[0]} ({_short(responses[bad[0]])}) of prompt {_short(prompts[bad[0]])}")
+        return values
+
+    def _bt(self, prompt: str, a: Sequence[str], b: Sequence[str]) -> torch.Tensor:
+        r = torch.tensor(self.rewards([prompt] * (len(a) + len(b)), list(a) + list(b)), dtype=torch.float64)
+        ra, rb = r[:len(a)], r[len(a):]
+        return torch.sigmoid((ra[:, None] - rb[None, :]) / self.temperature)
+
+    def block(self, prompt, a, b, label=""):
+        return self._bt(prompt, a, b)
+
+    def matrix(self, prompt, samples, both_orders=False, label=""):
+        return self._bt(prompt, samples, samples)  # σ(0) = ½ on the diagonal, exactly antisymmetric
+
+
+def as_judge(judge: NamedJudge | JudgeFn, name: str | None = None) -> NamedJudge:
+    """A :class:`NamedJudge` (a plain callable is named after its function)."""
+    if isinstance(judge, NamedJudge):
+        return judge
+    return NamedJudge(judge, name or getattr(judge, "__name__", type(judge).__name__))
+
+
+# --------------------------------------------------------------------------- sources
+
+
+def lab_judge(task) -> NamedJudge:
+    """The lab task's gold pairwise judge."""
+    fn = getattr(task, "judge", None)
+    if not callable(fn):
+        raise ConfigError(f"judge 'lab': task '{getattr(task, 'name', '?')}' has no gold pairwise judge "
+                          "(use a task with one, e.g. reviews_rps, or a bt:/module: judge)")
+    return NamedJudge(fn, f"lab:{task.name}")
+
+
+def function_judge(spec: str | JudgeFn, options: dict | None = None, name: str | None = None) -> NamedJudge:
+    """A Python judge: a callable, or ``module:function`` (a factory called with ``options``)."""
+    if not isinstance(spec, str):
+        return as_judge(spec(**options) if options else spec, name)
+    fn = import_callable(spec, "judge")
+    if options:
+        fn = fn(**options)
+    return NamedJudge(fn, name or spec)
+
+
+def build_judge(spec: str, *, task=None, options: dict | None = None) -> NamedJudge:
+    """The judge a config names: ``lab``, ``bt:SCORER`` or ``module:function`` (see module docstring)."""
+    options = dict(options or {})
+    if spec == "lab":
+        if task is None:
+            raise ConfigError("judge 'lab': needs a lab task (data.task)")
+        if options:
+            raise ConfigError(f"judge 'lab': takes no options, got {sorted(options)}")
+        return lab_judge(task)
+    if spec.startswith("bt:"):
+        temperature = options.pop("temperature", 1.0)
+        scorer, _ = resolve_scorer(spec[3:], task=task, options=options)
+        return RewardJudge(scorer, spec, temperature)
+    return function_judge(spec, options)
+
+
+# --------------------------------------------------------------------------- win rates
+
+
+def win_rate_matrix(judge: NamedJudge | JudgeFn, prompts: Sequence[str], responses: Sequence[str], *,
+                    both_orders: bool = False, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """(P, K, K): W[p, i, j] = P(y_i ≻ y_j) over the K samples of prompt p, ½ on the diagonal.
+
+    ``responses`` is flat, rows p*K .. p*K+K-1 for prompt p (the layout of ``sample_texts``).
+    """
+    judge = as_judge(judge)
+    k = _groups(prompts, responses, f"win_rate_matrix (judge '{judge.name}')", min_k=2)
+    mats = [judge.matrix(p, responses[i * k:(i + 1) * k], both_orders, f"prompt {i}, ")
+            for i, p in enumerate(prompts)]
+    return torch.stack(mats).to(dtype)
+
+
+def cross_win_rates(judge: NamedJudge | JudgeFn, prompts: Sequence[str], responses_a: Sequence[str],
+                    responses_b: Sequence[str]) -> torch.Tensor:
+    """(P, Ka, Kb): P(a_i ≻ b_j) between the samples of two policies on the same prompts (flat layouts)."""
+    judge = as_judge(judge)
+    ka = _groups(prompts, responses_a, f"cross_win_rates (judge '{judge.name}', first policy)")
+    kb = _groups(prompts, responses_b, f"cross_win_rates (judge '{judge.name}', second policy)")
+    return torch.stack([judge.block(p, responses_a[i * ka:(i + 1) * ka], responses_b[i * kb:(i + 1) * kb],
+                                    f"prompt {i}, ") for i, p in enumerate(prompts)])
+
+
+@dataclass
+class WinRate:
+    """Mean P(a ≻ b) over all cross pairs, its standard error over prompts, and the pair count."""
+
+    mean: float
+    stderr: float
+    pairs: int
+
+
+def win_rate(judge: NamedJudge | JudgeFn, prompts: Sequence[str], responses_a: Sequence[str],
+             responses_b: Sequence[str]) -> WinRate:
+    """Win rate of policy A's samples against policy B's (½ = even)."""
+    rates = cross_win_rates(judge, prompts, responses_a, responses_b)
+    per_prompt = rates.mean(dim=(1, 2))
+    stderr = float(per_prompt.std(correction=1) / math.sqrt(len(per_prompt))) if len(per_prompt) > 1 else 0.0
+    return WinRate(float(per_prompt.mean()), stderr, int(rates.numel()))
+
+
+@dataclass
+class Exploitability:
+    """The best win rate a panel member achieves against a policy's samples (½ = unexploitable)."""
+
+    value: float
+    best: str
+    win_rates: dict[str, float]
+
+
+def exploitability(judge: NamedJudge | JudgeFn, prompts: Sequence[str], responses: Sequence[str],
+                   panel: Mapping[str, Sequence[str]]) -> Exploitability:
+    """max over panel members m of win_rate(m's responses, the policy's responses).
+
+    ``panel`` maps a member's name to its responses on ``prompts`` (flat, ≥ 1 per prompt): samples of
+    other policies, or best responses the lab provides (``ReviewsRPSTask.panel``). The estimate is a
+    lower bound on the true exploitability, tight when the panel holds a best response.
+    """
+    if not panel:
+        raise ConfigError("exploitability: the panel is empty; give at least one policy's responses")
+    judge = as_judge(judge)
+    rates = {name: win_rate(judge, prompts, member, responses).mean for name, member in panel.items()}
+    best = max(rates, key=rates.get)
+    return Exploitability(rates[best], best, rates)
