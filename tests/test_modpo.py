@@ -9,8 +9,8 @@ from prefopt.data.tokenize import EncodedPair, collate_pairs
 from prefopt.errors import ConfigError, DataError
 from prefopt.losses.modpo import check_modpo_weights, modpo
 from prefopt.losses.pairwise import dpo
-from prefopt.objectives.margins import (add_scorer_columns, implicit_reward_margins, score_margins,
-                                        scorer_margins, stack_margins)
+from prefopt.objectives.margins import (add_scorer_columns, implicit_reward_columns, implicit_reward_margins,
+                                        score_margins, scorer_margins, stack_margins)
 
 T = torch.tensor
 
@@ -141,6 +141,13 @@ def test_implicit_reward_margins_are_beta_log_ratios(tiny_llama):
     assert chosen.shape == rejected.shape == (2,) and bool((chosen != 0).all())
     same = implicit_reward_margins(tiny_llama, tiny_llama, batch, beta=0.2)
     assert same[0].abs().max().item() == 0.0
+    pairs = [EncodedPair([1, 2], [3], [4, 5], index=10), EncodedPair([1, 2], [3, 6], [4], index=11)]
+    columns = implicit_reward_columns(other, tiny_llama, pairs, 0.2, "rm_k", pad_id=0, batch_size=1)
+    assert pairs[0].scores == {} and set(columns[1].scores) == {"rm_k"}
+    direct = implicit_reward_margins(other, tiny_llama, collate_pairs(pairs, 0), beta=0.2)
+    from_column = score_margins(collate_pairs(columns, 0), "rm_k")
+    torch.testing.assert_close(from_column[0], direct[0])
+    torch.testing.assert_close(from_column[1], direct[1])
 
 
 def test_stack_margins_orders_sources_and_names_a_bad_one():

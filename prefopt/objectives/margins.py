@@ -7,7 +7,8 @@ for one objective; :func:`stack_margins` checks their shapes and builds the (B, 
   model, lab gold reward) on the pair's texts. Scorers are fixed during MODPO, so
   :func:`add_scorer_columns` can score the rows once before training and the term reads columns.
 - :func:`implicit_reward_margins`: the implicit DPO reward β·(log π_k(y) − log π_ref(y)) of another
-  policy π_k, e.g. one trained by DPO on that objective (the reference code's ``ImplicitRewardWrapper``).
+  policy π_k, e.g. one trained by DPO on that objective (the reference code's ``ImplicitRewardWrapper``);
+  :func:`implicit_reward_columns` computes it once for a dataset of encoded pairs.
 """
 from __future__ import annotations
 
@@ -102,6 +103,30 @@ def implicit_reward_margins(policy: torch.nn.Module, reference: torch.nn.Module,
         ref_chosen = sequence_logps(ref, batch.chosen)[0]
         ref_rejected = sequence_logps(ref, batch.rejected)[0]
     return beta * (chosen - ref_chosen), beta * (rejected - ref_rejected)
+
+
+def implicit_reward_columns(policy: torch.nn.Module, reference: torch.nn.Module, pairs: Sequence, beta: float,
+                            name: str, pad_id: int, batch_size: int = 32) -> list:
+    """Copies of EncodedPairs with ``scores[name] = (chosen, rejected)`` implicit rewards of ``policy``:
+    π_k and π_ref are fixed during MODPO, so one pass before training replaces a forward of both
+    models per step (the term then reads the column with :func:`score_margins`)."""
+    from dataclasses import replace
+
+    from prefopt.data.tokenize import collate_pairs
+
+    try:
+        device = next(policy.parameters()).device
+    except StopIteration:
+        device = torch.device("cpu")
+    out = []
+    for start in range(0, len(pairs), batch_size):
+        part = list(pairs[start:start + batch_size])
+        batch = collate_pairs(part, pad_id)
+        batch.chosen, batch.rejected = batch.chosen.to(device), batch.rejected.to(device)
+        chosen, rejected = implicit_reward_margins(policy, reference, batch, beta)
+        for pair, c, r in zip(part, chosen.tolist(), rejected.tolist()):
+            out.append(replace(pair, scores={**pair.scores, name: (c, r)}))
+    return out
 
 
 def stack_margins(sources: Mapping[str, MarginPair], batch_size: int) -> MarginPair:
