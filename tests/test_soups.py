@@ -145,5 +145,7 @@ def test_soup_saves_and_loads_as_a_hugging_face_model(members, reviews_tokenizer
     saved = soup_dirs([tmp_path / "m1", tmp_path / "m2"], [0.5, 0.5], tmp_path / "soup2")
     expected = soup_models([members[0], _merged(adapter)], [0.5, 0.5])
     torch.testing.assert_close(AutoModelForCausalLM.from_pretrained(saved).state_dict(), expected.state_dict())
+    vertex = soup_dirs([tmp_path / "m1", tmp_path / "missing"], [1.0, 0.0], tmp_path / "soup3")  # not loaded
+    torch.testing.assert_close(AutoModelForCausalLM.from_pretrained(vertex).state_dict(), members[0].state_dict())
     with pytest.raises(ConfigError, match="got 1 weights for 2 models"):
         soup_dirs([tmp_path / "m1", tmp_path / "m2"], [1.0], tmp_path / "bad")

@@ -10,7 +10,7 @@ averages the A and B matrices separately, giving ``(Σ λ_i B_i)(Σ λ_j A_j)``,
 ``λ_i λ_j B_i A_j`` and is a different model (tests/test_soups.py shows both facts).
 
 Members are read one at a time (a generator of models works), so a soup of N models holds the
-running sum, the output and one member in memory. Tensors equal in every member (frozen weights)
+running sum, the first member, the output and the current member in memory, whatever N. Tensors equal in every member (frozen weights)
 are copied exactly instead of being re-summed in floating point.
 """
 from __future__ import annotations
@@ -97,7 +97,7 @@ class _SoupSum:
                     raise ConfigError(f"soup: non-float tensor '{key}' differs between members {self.first_label} "
                                       f"and {label}; it cannot be interpolated")
                 continue
-            term = weight * value.detach().to(torch.float32)
+            term = weight * value.detach().to(device=ref.device, dtype=torch.float32)
             self.total[key] = self.total[key] + term if key in self.total else term
 
     def _check_names(self, state, label: str) -> None:
@@ -147,7 +147,7 @@ def soup_models(members: Iterable, weights: Sequence[float], *, labels: Sequence
         for key, delta in deltas.items():
             if key not in total.first:
                 raise ConfigError(f"soup: member {label} adapts '{key}', which member {total.first_label} lacks")
-            term = lam[i] * delta.to(torch.float32)
+            term = lam[i] * delta.to(device=total.first[key].device, dtype=torch.float32)
             updates[key] = updates[key] + term if key in updates else term
         count += 1
     if count != len(lam):
@@ -189,8 +189,11 @@ def save_soup(model, out_dir: str | Path, *, weights: Sequence[float], members: 
 
 def soup_dirs(paths: Sequence[str | Path], weights: Sequence[float], out_dir: str | Path, *,
               tokenizer=None, dtype: str = "float32") -> Path:
-    """Load the saved policies one by one, soup them with ``weights`` and save the soup to ``out_dir``."""
+    """Load the saved policies one by one (skipping zero weights), soup them with ``weights`` and save
+    the soup to ``out_dir``; ``soup.json`` lists every path with its weight."""
     if len(paths) != len(weights):
         raise ConfigError(f"soup weights: got {len(weights)} weights for {len(paths)} models")
-    model = soup_models((load_member(p, dtype) for p in paths), weights, labels=[str(p) for p in paths])
+    check_simplex(weights, key="soup weights")
+    used = [(str(p), float(w)) for p, w in zip(paths, weights) if w > 0]  # a zero weight needs no loading
+    model = soup_models((load_member(p, dtype) for p, _ in used), [w for _, w in used], labels=[p for p, _ in used])
     return save_soup(model, out_dir, weights=weights, members=[str(p) for p in paths], tokenizer=tokenizer)
