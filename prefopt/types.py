@@ -121,3 +121,84 @@ class FeedbackBatch:
 
     def __len__(self) -> int:
         return len(self.sequences)
+
+
+@dataclass
+class Sampled:
+    """Responses of the current policy to P prompts (K each, N = P*K rows), with texts and cost.
+
+    prompts: P prompt texts; raw_prompts: the P prompts as given in the data (a string, or a list
+        of {role, content} messages), what rewards, judges and gold functions receive.
+    row_prompts / row_raw_prompts: N entries, the (raw) prompt row i answers.
+    responses: N decoded response texts. indices: P positions in the prompt pool.
+    """
+
+    rollout: Rollout
+    prompts: list[str]
+    row_prompts: list[str]
+    responses: list[str]
+    seconds: float
+    indices: list[int] = field(default_factory=list)
+    raw_prompts: list[Any] | None = None
+    row_raw_prompts: list[Any] | None = None
+
+    @property
+    def group(self) -> torch.Tensor:
+        return self.rollout.group
+
+
+@dataclass
+class PGBatch:
+    """One micro-batch of policy-gradient experience, in rollout layout (B rows, L positions).
+
+    prompt_ids: B lists of prompt token ids (for a dataset reset: prompt + forced prefix).
+    response_ids / mask: (B, L) long / bool; mask is True on tokens that carry the loss.
+    old_logps, advantages: (B, L) behaviour log-probs and advantages.
+    ref_logps: (B, L) reference log-probs when KL is a loss term; returns, old_values: (B, L), PPO.
+    """
+
+    prompt_ids: list[list[int]]
+    response_ids: torch.Tensor
+    mask: torch.Tensor
+    old_logps: torch.Tensor
+    advantages: torch.Tensor
+    ref_logps: torch.Tensor | None = None
+    returns: torch.Tensor | None = None
+    old_values: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return int(self.response_ids.shape[0])
+
+    def rows(self, idx: torch.Tensor) -> "PGBatch":
+        pick = lambda t: None if t is None else t[idx]  # noqa: E731
+        L = max(1, int(self.mask[idx].sum(-1).max())) if len(idx) else 1
+        cut = lambda t: None if t is None else t[:, :L]  # noqa: E731
+        return PGBatch([self.prompt_ids[i] for i in idx.tolist()], cut(pick(self.response_ids)),
+                       cut(pick(self.mask)), cut(pick(self.old_logps)), cut(pick(self.advantages)),
+                       cut(pick(self.ref_logps)), cut(pick(self.returns)), cut(pick(self.old_values)))
+
+    def to_state(self) -> dict:
+        """A plain tree (dict of tensors / lists / None) for checkpoints."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "PGBatch":
+        return cls(**state)
+
+
+@dataclass
+class SampleBatch:
+    """Fresh, unlabelled policy samples: K per prompt for P prompts, N = P*K rows.
+
+    prompt_ids: N lists of prompt token ids; response_ids / mask: (N, L) long / bool;
+    group: (N,) prompt id of each row; ref_logps: (N, L) reference per-token log-probs.
+    """
+
+    prompt_ids: list[list[int]]
+    response_ids: torch.Tensor
+    mask: torch.Tensor
+    group: torch.Tensor
+    ref_logps: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.response_ids.shape[0])

@@ -133,6 +133,65 @@ def gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float,
 
 
 # ---------------------------------------------------------------------------------------
+# One name -> estimator table
+# ---------------------------------------------------------------------------------------
+# Every estimator takes the same keywords and returns (advantages (N, L), returns (N, L) or None):
+#   rewards (N,): sequence reward (KL-in-reward already subtracted for sequence estimators);
+#   token_rewards (N, L): per-token rewards (sequence reward on the last token, -β·KL per token);
+#   mask (N, L); group (N,); values (N, L) critic values (gae); baseline (N,) per-row baseline
+#   reward (remax); gamma, lam, normalize_std. Sequence advantages are broadcast over the mask.
+def _broadcast(adv: Tensor, mask: Tensor) -> Tensor:
+    return torch.where(mask.to(torch.bool), adv.unsqueeze(-1).expand(mask.shape), 0.0)
+
+
+def rloo_estimator(*, rewards: Tensor, mask: Tensor, group: Tensor, **_) -> tuple[Tensor, None]:
+    """Leave-one-out baseline per group (:func:`rloo_advantages`), per token."""
+    return _broadcast(rloo_advantages(rewards, group), mask), None
+
+
+def grpo_estimator(*, rewards: Tensor, mask: Tensor, group: Tensor, normalize_std: bool = True,
+                   **_) -> tuple[Tensor, None]:
+    """Group-normalized advantages (:func:`grpo_advantages`), per token."""
+    return _broadcast(grpo_advantages(rewards, group, normalize_std=normalize_std), mask), None
+
+
+def remax_estimator(*, rewards: Tensor, mask: Tensor, baseline: Tensor, **_) -> tuple[Tensor, None]:
+    """Greedy-response baseline (:func:`remax_advantages`), per token."""
+    return _broadcast(remax_advantages(rewards, baseline), mask), None
+
+
+def reinforce_pp_estimator(*, token_rewards: Tensor, mask: Tensor, gamma: float = 1.0,
+                           **_) -> tuple[Tensor, None]:
+    """Globally whitened returns-to-go (:func:`reinforce_pp_advantages`)."""
+    return reinforce_pp_advantages(token_rewards, mask, gamma), None
+
+
+def gae_estimator(*, token_rewards: Tensor, mask: Tensor, values: Tensor, gamma: float = 1.0,
+                  lam: float = 0.95, **_) -> tuple[Tensor, Tensor]:
+    """Generalized advantage estimation with the critic's values (:func:`gae`)."""
+    return gae(token_rewards, values, mask, gamma, lam)
+
+
+ADVANTAGE_ESTIMATORS = {
+    "rloo": rloo_estimator,
+    "grpo": grpo_estimator,
+    "remax": remax_estimator,
+    "reinforce_pp": reinforce_pp_estimator,
+    "gae": gae_estimator,
+}
+# Estimators whose advantage is a per-prompt group comparison (need k >= 2 samples per prompt).
+GROUP_ESTIMATORS = ("rloo", "grpo")
+# Estimators that read a sequence reward (KL-in-reward subtracted as a sum) rather than token rewards.
+SEQUENCE_ESTIMATORS = ("rloo", "grpo", "remax")
+
+
+def get_advantage_estimator(name: str):
+    if name not in ADVANTAGE_ESTIMATORS:
+        raise ValueError(f"unknown advantage estimator '{name}' (known: {', '.join(ADVANTAGE_ESTIMATORS)})")
+    return ADVANTAGE_ESTIMATORS[name]
+
+
+# ---------------------------------------------------------------------------------------
 # KL estimators and PPO losses
 # ---------------------------------------------------------------------------------------
 def kl_estimate(logp: Tensor, ref_logp: Tensor, kind: str = "k3") -> Tensor:
@@ -199,6 +258,28 @@ def value_loss(values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor
         clipfrac = masked_mean((clipped > unclipped).to(values.dtype), mask)
     losses = torch.where(mask, losses, torch.zeros_like(losses))
     return LossOutput(losses, {"vf_clipfrac": clipfrac.detach()})
+
+
+def leave_one_out_baseline(values: Tensor, group: Tensor) -> Tensor:
+    """b_i = mean of ``values`` over the OTHER rows of i's group (0 for a row alone). (N,) -> (N,)."""
+    index, counts = group_index(group)
+    others = (counts - 1).to(values.dtype)
+    return torch.where(counts > 1, (_group_sum(values, index) - values) / others.clamp(min=1),
+                       torch.zeros_like(values))
+
+
+def online_reverse_kl_loss(seq_logps: Tensor, ref_seq_logps: Tensor, group: Tensor) -> LossOutput:
+    """Score-function surrogate of KL(π || π_ref) = E_{y~π}[log π(y|x) - log π_ref(y|x)] (HyPO).
+
+    seq_logps (N,): summed log π(y_i|x) WITH grad; ref_seq_logps (N,); group (N,) prompt ids,
+    k samples per prompt. With r_i = log π(y_i) - log π_ref(y_i) (detached) and the
+    leave-one-out baseline b_i over the prompt's other samples, the per-sample loss is
+    (r_i - b_i) · log π(y_i): its gradient is an unbiased estimate of ∇ KL (the E[∇ log π] term
+    of the exact gradient is zero in expectation and the baseline keeps it so). Returns losses
+    (N,) and metric online_kl = mean r_i (a Monte-Carlo estimate of the sequence KL)."""
+    r = (seq_logps - ref_seq_logps).detach()
+    coef = r - leave_one_out_baseline(r, group)
+    return LossOutput(coef * seq_logps, {"online_kl": r.mean()})
 
 
 # ---------------------------------------------------------------------------------------

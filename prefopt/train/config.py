@@ -5,10 +5,13 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from prefopt.data.config import DataConfig
+from prefopt.errors import ConfigError
 from prefopt.models.config import LoraConfig, ModelConfig
 from prefopt.optim.config import OptimConfig
 from prefopt.rollout.engine import SamplingConfig
 from prefopt.train.online_config import OnlineConfig
+from prefopt.train.hybrid_config import HypoConfig, MixConfig, ResetConfig
+from prefopt.train.presets import OPTIONAL_SECTIONS, algo_help, check_sections
 
 
 @dataclass
@@ -35,9 +38,7 @@ class LoopConfig:
 
 @dataclass
 class AlgoConfig:
-    name: str = field(default="dpo", metadata={"help": (
-        "Algorithm: sft, dpo (any pairwise loss below), kto, reward_model; online: rloo, grpo, dr_grpo, dapo, remax, reinforce_pp, "
-        "ppo, online_dpo, iterative_dpo, raft.")})
+    name: str = field(default="dpo", metadata={"help": algo_help()})
     loss: str = field(default="dpo", metadata={"help": "Pairwise loss for preference algorithms (dpo, ipo, simpo, ...)."})
     beta: float = field(default=0.1, metadata={"help": "KL strength β of preference losses."})
     loss_hparams: dict = field(default_factory=dict, metadata={"help": "Extra hyper-parameters of the loss, e.g. {label_smoothing: 0.1}."})
@@ -77,7 +78,7 @@ class RewardConfig:
 
     def validate(self) -> None:
         if self.ensemble_size < 1:
-            raise ValueError(f"ensemble_size: got {self.ensemble_size}, expected >= 1")
+            raise ConfigError(f"reward.ensemble_size: got {self.ensemble_size}, expected >= 1")
 
 
 @dataclass
@@ -98,5 +99,16 @@ class TrainConfig:
     lora: LoraConfig = field(default_factory=LoraConfig, metadata={"help": "LoRA / QLoRA adapters (PEFT)."})
     reward: RewardConfig = field(default_factory=RewardConfig, metadata={"help": (
         "Reward-model training (algo.name: reward_model): ensemble size and kind, aggregation.")})
+    mix: MixConfig = field(default_factory=MixConfig, metadata={"help": (
+        "A scheduled mixture of offline data into an online recipe (online DPO + offline pairs, GRPO + SFT, ...).")})
+    hypo: HypoConfig = field(default_factory=HypoConfig, metadata={"help": (
+        "HyPO (algo.name: hypo): the online reverse-KL term's λ, samples per prompt and prompts per step.")})
+    reset: ResetConfig = field(default_factory=ResetConfig, metadata={"help": (
+        "DR-PO dataset resets (algo.name: drpo): reset probability, response column, policy-gradient optimizer.")})
     output_dir: str = field(default="runs", metadata={"help": "Runs are written to <output_dir>/<run_name>."})
     run_name: str | None = field(default=None, metadata={"help": "Run folder name; default '<algo>-<timestamp>'."})
+
+    def validate(self) -> None:
+        """A section the chosen algorithm does not read, set to anything but its defaults, is an error."""
+        check_sections(self.algo.name, {name: getattr(self, name) != type(getattr(self, name))()
+                                        for name in OPTIONAL_SECTIONS})

@@ -1,8 +1,9 @@
 """The single training loop every algorithm runs on.
 
-Per optimizer step: the algorithm supplies ``grad_accum`` micro-batches; each micro-batch's
-summed loss is divided by the step's total units before ``backward`` (so accumulation equals
-one large batch); gradients are clipped; optimizer and scheduler step; metrics are logged;
+Per optimizer step: the algorithm (a recipe of sources × loss terms, ``prefopt.train.recipe``)
+supplies ``grad_accum`` micro-batches; each term's summed loss is divided by that term's units
+summed over the step before ``backward``, and terms add with their weights (so accumulation
+equals one large batch per term); gradients are clipped; optimizer and scheduler step; metrics are logged;
 evaluation and checkpoints happen on schedule. Ctrl-C saves a resumable checkpoint.
 """
 from __future__ import annotations
@@ -24,6 +25,7 @@ from prefopt.train.checkpoint import (latest_checkpoint, load_model_weights, loa
                                       rng_state, save_checkpoint, set_rng_state)
 from prefopt.train.config import LoopConfig
 from prefopt.train.metrics import MetricsLogger, peak_rss_mib
+from prefopt.train.recipe import plan_step, step_units
 from prefopt.train.schedule import build_scheduler
 
 
@@ -153,26 +155,12 @@ def _progress(cfg: LoopConfig, start: int):
 
 def _one_step(model, algorithm: Algorithm, optimizer, scheduler, params, cfg: LoopConfig, step: int) -> dict:
     t0 = time.perf_counter()
-    batches = algorithm.next_batches(model, cfg.grad_accum)
+    plan = plan_step(algorithm, model, cfg.grad_accum)
     model.train()
-    units = [algorithm.units(b) for b in batches]
-    total_units = sum(units)
-    if total_units <= 0:
+    units = step_units(plan)  # per term, summed over micro-batches (and ranks, there)
+    if sum(units.values()) <= 0:
         raise TrainingError(f"step {step}: the batches hold no training units")
-    create_graph = needs_create_graph(optimizer)  # Sophia's Hessian estimate needs it on some steps
-    loss_total, tokens = 0.0, 0
-    sums: dict[str, float] = {}
-    for i, (batch, batch_units) in enumerate(zip(batches, units)):
-        out = algorithm.compute_loss(model, batch)
-        if not torch.isfinite(out.loss):
-            raise TrainingError(f"non-finite loss ({float(out.loss.detach())}) at step {step}, micro-batch {i}; "
-                                "lower the learning rate or check the data")
-        (out.loss / total_units).backward(create_graph=create_graph)
-        loss_total += float(out.loss.detach())
-        tokens += out.tokens
-        weight = batch_units / total_units
-        for k, v in out.metrics.items():
-            sums[k] = sums.get(k, 0.0) + float(v) * weight
+    sums, metrics, tokens = _accumulate(model, plan, units, needs_create_graph(optimizer), step)
     grad_norm = float("nan")
     if cfg.max_grad_norm > 0:
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
@@ -183,12 +171,42 @@ def _one_step(model, algorithm: Algorithm, optimizer, scheduler, params, cfg: Lo
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     dt = time.perf_counter() - t0
-    record = {"step": step, "loss": loss_total / total_units, "lr": lr, "grad_norm": grad_norm,
-              "time/step_s": dt, "tokens/s": tokens / dt if dt > 0 else 0.0,
+    weights = {item.key: item.weight for micro in plan for item in micro}
+    record = {"step": step, "loss": sum(weights[k] * sums[k] / units[k] for k in sums), "lr": lr,
+              "grad_norm": grad_norm, "time/step_s": dt, "tokens/s": tokens / dt if dt > 0 else 0.0,
               "memory/peak_rss_mib": peak_rss_mib()}
-    record.update(sums)
+    names = getattr(algorithm, "term_names", {})
+    if len(sums) > 1 or len(names) > 1:  # a multi-term recipe: each term's normalized loss too
+        record.update({f"loss/{names.get(k, k)}": sums[k] / units[k] for k in sums})
+    record.update(metrics)
     record.update(algorithm.step_metrics())
     return record
+
+
+def _accumulate(model, plan, units: dict[str, float], create_graph: bool, step: int):
+    """Backward of every term of every micro-batch, each normalized by its own step units.
+
+    Returns (per-term summed losses, unit-weighted metrics, tokens)."""
+    sums: dict[str, float] = {}
+    metrics: dict[str, float] = {}
+    owner: dict[str, str] = {}  # metric name -> the term that logs it (a second term's clash is prefixed)
+    tokens = 0
+    for i, micro in enumerate(plan):
+        for item in micro:
+            if units[item.key] <= 0:  # e.g. a mixture drew nothing for this term this step
+                continue
+            out = item.term.loss(model, item.batch)
+            if not torch.isfinite(out.loss):
+                raise TrainingError(f"non-finite loss ({float(out.loss.detach())}) at step {step}, micro-batch {i}; "
+                                    "lower the learning rate or check the data")
+            (item.weight * out.loss / units[item.key]).backward(create_graph=create_graph)
+            sums[item.key] = sums.get(item.key, 0.0) + float(out.loss.detach())
+            tokens += out.tokens
+            share = item.term.units(item.batch) / units[item.key]
+            for k, v in out.metrics.items():
+                name = k if owner.setdefault(k, item.key) == item.key else f"{item.term.name}/{k}"
+                metrics[name] = metrics.get(name, 0.0) + float(v) * share
+    return sums, metrics, tokens
 
 
 def _evaluate(model, algorithm: Algorithm, logger: MetricsLogger, step: int, evaluators) -> dict:

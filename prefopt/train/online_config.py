@@ -1,7 +1,7 @@
 """The ``online`` section of ``prefopt train``: rollouts, rewards, advantages, KL and PPO settings.
 
-Fields left at ``null`` take the algorithm's default (see ``ALGORITHM_DEFAULTS`` in
-``prefopt/train/algorithms/online.py``), so ``algo.name: dapo`` alone gives DAPO's settings.
+Fields left at ``null`` take the algorithm's default (the presets table,
+``prefopt/train/presets.py``), so ``algo.name: dapo`` alone gives DAPO's settings.
 """
 from __future__ import annotations
 

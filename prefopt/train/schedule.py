@@ -28,3 +28,22 @@ def build_scheduler(optimizer, *, schedule: str, total_steps: int, warmup_steps:
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(
         s, schedule=schedule, total_steps=total_steps, warmup_steps=warmup_steps, min_ratio=min_ratio))
+
+
+RATIO_SCHEDULES = ("constant", "linear", "cosine", "step")
+
+
+def ratio_at(step: int, *, schedule: str, start: float, end: float, horizon: int) -> float:
+    """A mixture ratio ρ(step) (0-based step) moving from ``start`` to ``end`` over ``horizon`` steps:
+    constant (always ``start``), linear, cosine (half-cosine ease), or step (``start`` before
+    ``horizon``, ``end`` from then on). Pure; ρ stays at ``end`` after the horizon."""
+    if schedule == "constant":
+        return start
+    if schedule == "step":
+        return start if step < horizon else end
+    progress = min(1.0, step / max(1, horizon))
+    if schedule == "linear":
+        return start + (end - start) * progress
+    if schedule == "cosine":
+        return end + (start - end) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    raise ValueError(f"unknown ratio schedule '{schedule}' (known: {', '.join(RATIO_SCHEDULES)})")

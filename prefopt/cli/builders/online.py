@@ -10,9 +10,9 @@ from prefopt.tasks import get_task
 from prefopt.train.algorithms.base import Algorithm
 from prefopt.train.config import TrainConfig
 from prefopt.train.online_config import RewardSpec
+from prefopt.train.presets import PRESETS, names
 
-PG_NAMES = ("rloo", "grpo", "dr_grpo", "dapo", "remax", "reinforce_pp", "ppo")
-ROUND_DEFAULT_GENERATIONS = 4
+PG_NAMES = names("policy_gradient")
 
 
 def _prompt_rows(cfg: TrainConfig, tokenizer):
@@ -96,7 +96,7 @@ def _sampling(cfg: TrainConfig, k: int):
 
 
 def _max_prompt_length(cfg: TrainConfig, model) -> int:
-    from prefopt.train.algorithms.online import model_context
+    from prefopt.models.rollout_logps import model_context
 
     context = model_context(model)
     limit = cfg.data.max_prompt_length
@@ -110,16 +110,22 @@ def _max_prompt_length(cfg: TrainConfig, model) -> int:
 
 
 def _experience(cfg: TrainConfig, model, tokenizer, *, k: int, reward, reference, task):
-    from prefopt.train.algorithms.online import Experience
-
     train, held_out, stats = _prompts(cfg, task, tokenizer)
-    exp = Experience(train.texts, held_out.texts, tokenizer, _sampling(cfg, k), reward,
-                     max_prompt_length=_max_prompt_length(cfg, model), seed=cfg.train.seed, task=task,
-                     eval_num_samples=cfg.online.eval_num_samples, eval_greedy=cfg.online.eval_greedy,
-                     reference=reference if cfg.online.eval_kl else None,
-                     raw_prompts=train.raw, raw_eval_prompts=held_out.raw)
+    exp = _experience_from(cfg, model, tokenizer, train.texts, held_out.texts, k=k, reward=reward,
+                           reference=reference, task=task, raw=train.raw, raw_eval=held_out.raw)
     exp.stats.update(stats)
     return exp
+
+
+def _experience_from(cfg: TrainConfig, model, tokenizer, train_prompts, eval_prompts, *, k: int, reward, reference,
+                     task, raw=None, raw_eval=None):
+    from prefopt.train.sources.experience import Experience
+
+    return Experience(train_prompts, eval_prompts, tokenizer, _sampling(cfg, k), reward,
+                      max_prompt_length=_max_prompt_length(cfg, model), seed=cfg.train.seed, task=task,
+                      eval_num_samples=cfg.online.eval_num_samples, eval_greedy=cfg.online.eval_greedy,
+                      reference=reference if cfg.online.eval_kl else None, raw_prompts=raw,
+                      raw_eval_prompts=raw_eval)
 
 
 def _task(cfg: TrainConfig):
@@ -131,6 +137,13 @@ def _stats(exp, extra: dict) -> dict:
 
 
 def build_policy_gradient(cfg: TrainConfig, model, tokenizer) -> tuple[Algorithm, dict]:
+    return policy_gradient_recipe(cfg, model, tokenizer)
+
+
+def policy_gradient_recipe(cfg: TrainConfig, model, tokenizer, *, prompts=None, draw=None, name=None):
+    """The policy-gradient recipe of preset ``cfg.algo.name``; ``prompts`` = (texts, raw) replaces the
+    configured prompts (no held-out split then), ``draw(experience)`` makes the rollout draw
+    (dataset resets), and ``mix.path`` adds a scheduled offline source."""
     from prefopt.models.value import attach_value_head
     from prefopt.train.algorithms.online import PolicyGradient, resolve_settings
 
@@ -138,14 +151,47 @@ def build_policy_gradient(cfg: TrainConfig, model, tokenizer) -> tuple[Algorithm
     task = _task(cfg)
     reward = _reward(cfg, task)
     reference = _reference(cfg, model, settings.kl_coef > 0) if settings.kl_coef > 0 or cfg.online.eval_kl else None
-    exp = _experience(cfg, model, tokenizer, k=settings.num_generations, reward=reward, reference=reference, task=task)
-    algo = PolicyGradient(cfg.algo.name, settings, exp, reference=reference,
+    k = settings.num_generations
+    if prompts is None:
+        exp = _experience(cfg, model, tokenizer, k=k, reward=reward, reference=reference, task=task)
+    else:
+        exp = _experience_from(cfg, model, tokenizer, prompts[0], [], k=k, reward=reward, reference=reference,
+                               task=task, raw=prompts[1])
+    algo = PolicyGradient(name or cfg.algo.name, settings, exp, reference=reference,
                           max_new_tokens=cfg.rollout.max_new_tokens, seed=cfg.train.seed,
-                          prefix_sharing=cfg.perf.prefix_sharing, padding_free=cfg.perf.padding_free)
+                          prefix_sharing=cfg.perf.prefix_sharing, padding_free=cfg.perf.padding_free,
+                          draw=draw(exp) if draw is not None else None)
     if settings.value_head:
         attach_value_head(model, separate=cfg.online.critic == "separate")
         algo.attach(model)
+    if cfg.mix.path:
+        algo = _mixed(cfg, tokenizer, algo, budget=settings.prompts_per_step)
     return algo, _stats(exp, {"online/samples_per_rollout": float(settings.prompts_per_step * settings.num_generations)})
+
+
+def _mixed(cfg: TrainConfig, tokenizer, algo, *, budget: int):
+    """``algo`` (one source × its terms) with ``mix.path`` mixed in per ``mix.*``: offline pairs into the
+    pairwise term (mix.term: pairwise) or an SFT term on offline responses (mix.term: sft)."""
+    from prefopt.cli.builders.hybrid import mixture_offline_source, mixture_ratio
+    from prefopt.train.recipe import Part, Recipe
+    from prefopt.train.sources.hybrid import MixtureSource
+    from prefopt.train.terms.preference import SFTTerm
+
+    part = algo.parts[0]
+    terms = list(part.terms)
+    if cfg.mix.term == "pairwise":
+        if "pairs" not in part.source.kinds:
+            raise ConfigError(f"mix.term: 'pairwise' mixes offline pairs into a pairwise loss, but algo.name "
+                              f"'{cfg.algo.name}' makes {', '.join(part.source.kinds)} batches; use mix.term: sft")
+        offline = mixture_offline_source(cfg, tokenizer, "pairs")
+    else:
+        offline = mixture_offline_source(cfg, tokenizer, "sequences")
+        terms.append((SFTTerm(pad_id=tokenizer.pad_token_id, padding_free=cfg.perf.padding_free,
+                              name="offline_sft"), cfg.mix.weight))
+    mixture = MixtureSource(part.source, offline, ratio=mixture_ratio(cfg), budget=budget)
+    recipe = Recipe([Part(mixture, terms)], name=f"{algo.name}+mix", evaluate=algo.evaluate)
+    recipe.extra_state.update(algo.extra_state)
+    return recipe
 
 
 for _name in PG_NAMES:
@@ -172,16 +218,21 @@ def build_online_dpo(cfg: TrainConfig, model, tokenizer) -> tuple[Algorithm, dic
     reward = _reward(cfg, task, required=judge is None)
     needs_ref = not getattr(loss_fn, "reference_free", False)
     reference = _reference(cfg, model, needs_ref) if needs_ref or cfg.online.eval_kl else None
+    if cfg.mix.path and cfg.mix.term == "pairwise" and needs_ref and reference is None:
+        raise ConfigError("algo.reference: offline pairs mixed into online_dpo need a reference model")
     exp = _experience(cfg, model, tokenizer, k=2, reward=reward, reference=reference, task=task)
     algo = OnlineDPO(exp, loss_fn=loss_fn, beta=cfg.algo.beta, hparams=hparams,
                      reference=reference if needs_ref else None, judge=judge,
                      prompts_per_step=cfg.online.prompts_per_step, max_resample=cfg.online.max_resample,
                      prefix_sharing=cfg.perf.prefix_sharing, padding_free=cfg.perf.padding_free)
+    if cfg.mix.path:
+        algo.term.reference = reference if needs_ref else None  # offline pairs get their reference pass here
+        algo = _mixed(cfg, tokenizer, algo, budget=cfg.online.prompts_per_step)
     return algo, exp.stats
 
 
 def _rounds_kwargs(cfg: TrainConfig) -> dict:
-    k = cfg.online.num_generations or ROUND_DEFAULT_GENERATIONS
+    k = cfg.online.num_generations or PRESETS[cfg.algo.name].defaults["num_generations"]
     if k < 2:
         raise ConfigError(f"online.num_generations: {cfg.algo.name} ranks the samples of a prompt, it needs >= 2 (got {k})")
     return dict(num_generations=k, round_prompts=cfg.online.round_prompts, steps_per_round=cfg.online.steps_per_round,

@@ -10,59 +10,44 @@ from __future__ import annotations
 import torch
 
 from prefopt.data.prepare import EncodedFeedback, collate_feedback
-from prefopt.losses.kto import kto
-from prefopt.models.logprobs import sequence_logps
-from prefopt.models.lora import reference_pass
-from prefopt.train.algorithms.base import DatasetAlgorithm, StepLoss
+from prefopt.errors import ConfigError
+from prefopt.train.recipe import Part, Recipe
+from prefopt.train.sources.offline import DatasetSource
+from prefopt.train.terms.preference import KTOTerm
 from prefopt.types import FeedbackBatch
 
 
-class KTO(DatasetAlgorithm):
+class KTO(Recipe):
+    """A dataset source of unpaired feedback × :class:`~prefopt.train.terms.preference.KTOTerm`."""
+
     name = "kto"
 
     def __init__(self, train: list[EncodedFeedback], eval: list[EncodedFeedback], *, beta: float,
                  pad_id: int, batch_size: int, reference: torch.nn.Module | None, ref_store=None,
                  desirable_weight: float = 1.0, undesirable_weight: float = 1.0, seed: int = 0,
                  shuffle: bool = True):
-        if reference is None and ref_store is None:
-            raise ValueError("kto needs a reference (algo.reference: copy, lora or precomputed)")
         if batch_size < 2:
-            raise ValueError("kto needs batch_size >= 2 (the KL baseline uses mismatched pairs)")
-        super().__init__(train, eval, pad_id=pad_id, batch_size=batch_size, seed=seed, shuffle=shuffle)
-        self.beta = beta
-        self.desirable_weight, self.undesirable_weight = desirable_weight, undesirable_weight
-        self.reference, self.ref_store = reference, ref_store
+            raise ConfigError("train.batch_size: kto needs >= 2 (the KL baseline uses mismatched pairs)")
+        self.term = KTOTerm(beta=beta, reference=reference, desirable_weight=desirable_weight,
+                            undesirable_weight=undesirable_weight, has_store=ref_store is not None)
+        self.ref_store, self.pad_id, self.batch_size = ref_store, pad_id, batch_size
+        self.train_rows, self.eval_rows = train, eval
+        self.source = DatasetSource(train, self._collate, kind="feedback", batch_size=batch_size, seed=seed,
+                                    shuffle=shuffle)
+        super().__init__([Part(self.source, [(self.term, 1.0)])], name=self.name, evaluate=self._eval)
 
     def _collate(self, rows: list[EncodedFeedback]) -> FeedbackBatch:
         ref = self.ref_store.lookup([r.index for r in rows]) if self.ref_store is not None else None
         return collate_feedback(rows, self.pad_id, ref)
 
-    @torch.no_grad()
     def reference_logps(self, batch: FeedbackBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        if batch.ref_logps is not None:
-            return batch.ref_logps, batch.ref_kl_logps
-        with reference_pass(self.reference) as ref:
-            return sequence_logps(ref, batch.sequences)[0], sequence_logps(ref, batch.kl_sequences)[0]
+        return self.term.reference_logps(batch)
 
     def _loss(self, model, batch: FeedbackBatch):
-        policy, _ = sequence_logps(model, batch.sequences)
-        with torch.no_grad():  # z0 is detached in the loss: no graph needed
-            kl_policy, _ = sequence_logps(model, batch.kl_sequences)
-        ref, kl_ref = self.reference_logps(batch)
-        return kto(policy, ref, batch.labels, kl_policy, kl_ref, beta=self.beta,
-                   desirable_weight=self.desirable_weight, undesirable_weight=self.undesirable_weight)
-
-    def compute_loss(self, model, batch: FeedbackBatch) -> StepLoss:
-        out = self._loss(model, batch)
-        weights = batch.sequences.weights if batch.sequences.weights is not None else torch.ones(len(batch))
-        loss = (out.losses * weights).sum()
-        metrics = {k: float(v) for k, v in out.metrics.items()}
-        metrics["kto/desirable_fraction"] = float(batch.labels.float().mean())
-        tokens = int(batch.sequences.attention_mask.sum() + batch.kl_sequences.attention_mask.sum())
-        return StepLoss(loss, metrics, tokens)
+        return self.term.outputs(model, batch)
 
     @torch.no_grad()
-    def evaluate(self, model) -> dict[str, float]:
+    def _eval(self, model) -> dict[str, float]:
         if len(self.eval_rows) < 2:
             return {}
         model.eval()

@@ -8,9 +8,10 @@ import torch
 from prefopt.data.batching import PackedLayout, pack_pairs
 from prefopt.data.tokenize import EncodedPair, collate_pairs
 from prefopt.models.logprobs import sequence_logps
-from prefopt.models.lora import reference_pass
 from prefopt.models.prefix import layout_sequence_logps, packed_layout, supports_packing
-from prefopt.train.algorithms.base import DatasetAlgorithm, StepLoss
+from prefopt.train.recipe import Part, Recipe
+from prefopt.train.sources.offline import DatasetSource
+from prefopt.train.terms.preference import PairwiseTerm, evaluate_pairs
 from prefopt.types import PreferenceBatch, SequenceBatch
 
 
@@ -66,8 +67,8 @@ def pair_logps(model, batch: PreferenceBatch, pad_id: int, *, prefix_sharing: bo
     return sums[:B], sums[B:], counts[:B], counts[B:]
 
 
-class PairwisePreference(DatasetAlgorithm):
-    """DPO and its relatives: per step, B pairs → policy (and reference) log-probs → loss_fn."""
+class PairwisePreference(Recipe):
+    """DPO and its relatives: a dataset source of pairs × a :class:`PairwiseTerm`."""
 
     name = "dpo"
 
@@ -77,59 +78,21 @@ class PairwisePreference(DatasetAlgorithm):
                  padding_free: bool = True):
         # ref_store: precomputed reference log-probs (prefopt.models.reference.PrecomputedReference)
         # looked up by pair index, for 'algo.reference: precomputed' (no reference model in memory).
-        if reference is None and ref_store is None and not getattr(loss_fn, "reference_free", False):
-            raise ValueError("this loss needs a reference (algo.reference: copy, lora or precomputed)")
-        super().__init__(train, eval, pad_id=pad_id, batch_size=batch_size, seed=seed, shuffle=shuffle)
-        self.loss_fn, self.beta, self.hparams = loss_fn, beta, hparams
-        self.reference, self.ref_store = reference, ref_store
-        self.prefix_sharing, self.padding_free = prefix_sharing, padding_free  # see pair_logps
+        self.term = PairwiseTerm(loss_fn, beta=beta, hparams=hparams, pad_id=pad_id, reference=reference,
+                                 prefix_sharing=prefix_sharing, padding_free=padding_free,
+                                 needs_reference_in_batch=ref_store is not None)
+        self.ref_store, self.pad_id, self.batch_size = ref_store, pad_id, batch_size
+        self.train_rows, self.eval_rows = train, eval
+        self.source = DatasetSource(train, self._collate, kind="pairs", batch_size=batch_size, seed=seed,
+                                    shuffle=shuffle)
+        super().__init__([Part(self.source, [(self.term, 1.0)])], name=self.name, evaluate=self._eval)
 
     def _collate(self, rows: list[EncodedPair]) -> PreferenceBatch:
         ref = self.ref_store.lookup([r.index for r in rows]) if self.ref_store is not None else None
         return collate_pairs(rows, self.pad_id, ref)
 
-    @torch.no_grad()
     def reference_logps(self, batch: PreferenceBatch, layout: PackedLayout | None = None):
-        """Cached values when the batch carries them, else a pass of the reference holding no graph."""
-        if batch.ref_chosen_logps is not None:
-            return batch.ref_chosen_logps, batch.ref_rejected_logps
-        if self.reference is None:
-            return None, None
-        with reference_pass(self.reference) as reference:  # LoRA reference: the policy, adapters disabled
-            rc, rr, _, _ = pair_logps(reference, batch, self.pad_id, prefix_sharing=self.prefix_sharing,
-                                      padding_free=self.padding_free, layout=layout)
-        return rc, rr
+        return self.term.reference_logps(batch, layout)
 
-    def _loss(self, model, batch: PreferenceBatch):
-        layout = pair_layout(model, batch, self.pad_id, prefix_sharing=self.prefix_sharing,
-                             padding_free=self.padding_free)
-        pc, pr, lc, lr = pair_logps(model, batch, self.pad_id, prefix_sharing=self.prefix_sharing,
-                                    padding_free=self.padding_free, layout=layout)
-        rc, rr = self.reference_logps(batch, layout)
-        return self.loss_fn(pc, pr, rc, rr, beta=self.beta, chosen_lengths=lc, rejected_lengths=lr, **self.hparams)
-
-    def compute_loss(self, model, batch: PreferenceBatch) -> StepLoss:
-        out = self._loss(model, batch)
-        weights = batch.chosen.weights if batch.chosen.weights is not None else torch.ones(len(batch))
-        loss = (out.losses * weights).sum()
-        # Real tokens of the data, each prompt counted once (whatever the layout computes).
-        tokens = int(batch.chosen.attention_mask.sum() + batch.rejected.attention_mask.sum()
-                     - batch.prompt_lengths.sum())
-        return StepLoss(loss, {k: float(v) for k, v in out.metrics.items()}, tokens)
-
-    @torch.no_grad()
-    def evaluate(self, model) -> dict[str, float]:
-        if not self.eval_rows:
-            return {}
-        model.eval()
-        sums: dict[str, float] = {}
-        n = 0
-        for start in range(0, len(self.eval_rows), self.batch_size):
-            batch = self._collate(self.eval_rows[start:start + self.batch_size])
-            out = self._loss(model, batch)
-            k = len(batch)
-            sums["loss"] = sums.get("loss", 0.0) + float(out.losses.sum())
-            for name, v in out.metrics.items():
-                sums[name] = sums.get(name, 0.0) + float(v) * k
-            n += k
-        return {k: v / n for k, v in sums.items()}
+    def _eval(self, model) -> dict[str, float]:
+        return evaluate_pairs(self.term, self.eval_rows, self._collate, self.batch_size, model)
