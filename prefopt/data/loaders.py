@@ -10,7 +10,8 @@ Schemas (``validate``):
 - ``unpaired``: prompt, completion, label (binary feedback for KTO; + optional weight, scores)
 - ``sft``: prompt, completion (or a ``messages`` conversation whose last turn is the assistant's)
 - ``prompt``: prompt only (online training); a conversational prompt ends before the response,
-  and a ``messages`` conversation stands for the prompt with its final assistant turn dropped
+  and a ``messages`` conversation stands for the prompt with its final assistant turn dropped;
+  other columns (e.g. the chosen/rejected ``scores`` of a pairs file read for its prompts) are ignored
 
 Text fields are strings, or lists of ``{role, content}`` messages (conversational form). A
 conversational pairwise row may omit ``prompt`` when chosen and rejected are whole
@@ -470,7 +471,7 @@ def _normalize(row: dict, schema: str) -> dict:
         out["weight"] = _number("weight", row["weight"], nonneg=True)
     if row.get("margin") is not None:
         out["margin"] = _number("margin", row["margin"])
-    if row.get("scores") is not None:
+    if row.get("scores") is not None and schema != "prompt":
         out["scores"] = _scores(row["scores"], paired=schema == "pairwise")
     consumed = set(SCHEMAS[schema]) | set(TEXT_FIELDS) | set(OPTIONAL_FIELDS) | {"_columns", "messages"}
     extra = {k: v for k, v in row.items() if k not in consumed}  # e.g. the lab's "flipped"
