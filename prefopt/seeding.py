@@ -41,7 +41,6 @@ ROLLOUT_CALL = "rollout.call"
 ROLLOUT_EVAL = "rollout.eval"
 ONLINE_PREF_ROUND = "online_pref.round"
 PPO_MINIBATCHES = "ppo.minibatches"
-OPTIM_PROBE = "optim.probe"
 
 PURPOSES: dict[str, str] = {
     GLOBAL: "Python/NumPy/torch global generators (dropout, anything unseeded)",
@@ -64,7 +63,6 @@ PURPOSES: dict[str, str] = {
     ROLLOUT_EVAL: "fixed evaluation samples of an online algorithm; index: prompt",
     ONLINE_PREF_ROUND: "data order of one online/iterative DPO round; index: round",
     PPO_MINIBATCHES: "PPO epoch/minibatch shuffles; index: rollout count",
-    OPTIM_PROBE: "an optimizer's own random probes (Sophia's Hutchinson vectors)",
 }
 
 

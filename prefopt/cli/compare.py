@@ -40,6 +40,7 @@ from prefopt.models.config import ModelConfig
 from prefopt.models.loading import load_model
 from prefopt.optim.config import OptimConfig
 from prefopt.rollout.engine import SamplingConfig
+from prefopt.seeding import EVAL_PROMPTS, EVAL_SAMPLING, HELDOUT_PAIRS, LABEL_FLIPS, derive_seed
 from prefopt.tasks import get_task
 from prefopt.tasks.prefdata import PrefDataConfig, make_preference_data
 from prefopt.train.config import AlgoConfig, LoopConfig, TrainConfig
@@ -98,7 +99,7 @@ class CompareConfig:
 
 def relabel(base_rows: list[dict], flip_rate: float, seed: int) -> tuple[list[dict], dict]:
     """Flip pair i when u_i < ε, with u_i fixed by ``seed`` (nested noise across ε)."""
-    rng = random.Random(seed + 31337)
+    rng = random.Random(derive_seed(seed, LABEL_FLIPS))
     rows, flipped = [], 0
     for row in base_rows:
         u = rng.random()
@@ -154,7 +155,7 @@ def run_compare(cfg: CompareConfig, out_dir: Path | None = None, log_fn=print) -
         bt_temperature=cfg.bt_temperature, seed=cfg.seed, sampling=sampling))
     held_rows, _ = make_preference_data(sft_model, tokenizer, task, PrefDataConfig(
         num_prompts=cfg.heldout_pairs, split="eval", samples_per_prompt=2, objective=objective, flip_rate=0.0,
-        bt_temperature=0.0, seed=cfg.seed + 5, sampling=sampling))
+        bt_temperature=0.0, seed=derive_seed(cfg.seed, HELDOUT_PAIRS), sampling=sampling))
     held_rows = [r for r in held_rows if r["scores"][objective][0] != r["scores"][objective][1]]
     write_jsonl(out / "heldout_pairs.jsonl", held_rows)
     held, _ = encode_pairwise(tokenizer, [{**r, "conversational": False} for r in held_rows],
@@ -167,9 +168,9 @@ def run_compare(cfg: CompareConfig, out_dir: Path | None = None, log_fn=print) -
         write_jsonl(path, rows)
         datasets[eps] = (path, {**st, "agree_with_gold": _agreement(rows, objective)})
 
-    eval_prompts = task.prompts("eval", cfg.eval_prompts, seed=cfg.seed + 1)
+    eval_prompts = task.prompts("eval", cfg.eval_prompts, seed=derive_seed(cfg.seed, EVAL_PROMPTS))
     eval_sampling = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=1.0,
-                                   num_samples=cfg.eval_samples, seed=cfg.seed + 2, batch_size=256)
+                                   num_samples=cfg.eval_samples, seed=derive_seed(cfg.seed, EVAL_SAMPLING), batch_size=256)
     sft_samples = sample_policy(sft_model, tokenizer, task, eval_prompts, eval_sampling)
     t_data = time.perf_counter() - t0 - t_sft
 

@@ -19,6 +19,7 @@ from prefopt.models.config import ModelConfig
 from prefopt.models.loading import load_model
 from prefopt.optim.config import OptimConfig
 from prefopt.rollout.engine import SamplingConfig
+from prefopt.seeding import EVAL_PROMPTS, EVAL_SAMPLING, derive_seed
 from prefopt.tasks import get_task
 from prefopt.tasks.prefdata import PrefDataConfig, make_preference_data
 from prefopt.train.config import AlgoConfig, LoopConfig, TrainConfig
@@ -87,9 +88,9 @@ def run_demo(cfg: DemoConfig, run_dir: Path | None = None, log=print) -> dict:
         seed=cfg.seed, sampling=sampling))
     write_jsonl(run_dir / "preferences.jsonl", rows)
 
-    eval_prompts = task.prompts("eval", cfg.eval_prompts, seed=cfg.seed + 1)
+    eval_prompts = task.prompts("eval", cfg.eval_prompts, seed=derive_seed(cfg.seed, EVAL_PROMPTS))
     eval_sampling = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=1.0,
-                                   num_samples=cfg.eval_samples, seed=cfg.seed + 2, batch_size=256)
+                                   num_samples=cfg.eval_samples, seed=derive_seed(cfg.seed, EVAL_SAMPLING), batch_size=256)
     sft_samples = sample_policy(sft_model, tokenizer, task, eval_prompts, eval_sampling)
     curve_prompts = eval_prompts[: max(16, cfg.eval_prompts // 4)]
     curve_sampling = SamplingConfig(**{**eval_sampling.__dict__, "num_samples": 2})

@@ -27,10 +27,10 @@ what importance ratios against a later recomputation need. It is *not* the log-p
 (tempered, truncated) distribution the token was actually drawn from.
 
 Determinism: the randomness of a row comes only from its row key, derived from
-``(seed of its prompt, sample index j)``, where the seed of prompt ``p`` is ``seeds[p]`` when
-given and otherwise derived from ``(cfg.seed, p)``. Random draws therefore do not depend on
-``cfg.batch_size``, on the other prompts in the call, or (with ``seeds``) on the prompt's
-position in the list. Same call twice gives identical output. Across different chunkings or
+``(seed of its prompt, sample index j)`` by :func:`prefopt.seeding.derive_seed`, where the seed
+of prompt ``p`` is ``seeds[p]`` when given and otherwise derived from ``(cfg.seed, p)``. Random
+draws therefore do not depend on ``cfg.batch_size``, on the other prompts in the call, or (with
+``seeds``) on the prompt's position in the list. Same call twice gives identical output. Across different chunkings or
 batch compositions the token choices are identical as long as the model's logits for a row do
 not change; in practice different padding / batch shapes can perturb logits at the 1e-6 level,
 which changes a sample only when its uniform draw lands that close to a CDF boundary (or, for
@@ -45,6 +45,7 @@ from typing import Any
 import torch
 
 from prefopt.errors import ConfigError
+from prefopt.seeding import ROLLOUT_PROMPT, ROLLOUT_SAMPLE, derive_seed
 from prefopt.types import Rollout
 
 __all__ = ["SamplingConfig", "generate"]
@@ -106,29 +107,13 @@ class SamplingConfig:
 
 # --------------------------------------------------------------------------- seeds
 
-_M64 = (1 << 64) - 1
-
-
-def _splitmix64(x: int) -> int:
-    x = (x + 0x9E3779B97F4A7C15) & _M64
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _M64
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _M64
-    return x ^ (x >> 31)
-
-
-def _mix(*values: int) -> int:
-    h = 0x2545F4914F6CDD1D
-    for v in values:
-        h = _splitmix64(h ^ (int(v) & _M64))
-    return h
-
 
 def _row_uniforms(row_keys: list[int], steps: int) -> torch.Tensor:
     """(n, steps) float64 uniforms in (0, 1], row r drawn from a generator seeded with row_keys[r]."""
     out = torch.empty(len(row_keys), steps, dtype=torch.float64)
     gen = torch.Generator()
     for r, key in enumerate(row_keys):
-        gen.manual_seed(key & ((1 << 63) - 1))
+        gen.manual_seed(key)
         torch.rand(steps, generator=gen, dtype=torch.float64, out=out[r])
     return 1.0 - out  # (0, 1]: keeps inverse-CDF sampling off zero-probability tokens
 
@@ -361,9 +346,10 @@ def generate(
     stop_tensor = torch.tensor(sorted(stop_ids), dtype=torch.long, device=device)
     stopper = _StopStrings(cfg.stop_strings, tokenizer) if cfg.stop_strings else None
 
-    prompt_seeds = [int(s) for s in seeds] if seeds is not None else [_mix(cfg.seed, p) for p in range(len(prompts))]
+    prompt_seeds = ([int(s) for s in seeds] if seeds is not None
+                    else [derive_seed(cfg.seed, ROLLOUT_PROMPT, p) for p in range(len(prompts))])
     row_prompt = [r // k for r in range(n_rows)]
-    row_keys = [_mix(prompt_seeds[p], r % k) for r, p in enumerate(row_prompt)]
+    row_keys = [derive_seed(prompt_seeds[p], ROLLOUT_SAMPLE, r % k) for r, p in enumerate(row_prompt)]
 
     T = cfg.max_new_tokens
     ids_out = torch.full((n_rows, T), pad_token_id, dtype=torch.long)

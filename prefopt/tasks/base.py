@@ -7,6 +7,8 @@ from typing import Callable
 
 from prefopt.errors import ConfigError
 
+SPLITS = ("train", "eval")  # prompt splits of every task; the index seeds each split's stream
+
 
 class Task(ABC):
     """A controlled task whose gold reward is known.

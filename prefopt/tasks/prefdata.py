@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from prefopt.rollout.engine import SamplingConfig
 from prefopt.rollout.text import sample_texts
+from prefopt.seeding import PREFDATA_LABELS, PREFDATA_SAMPLING, derive_seed
 from prefopt.tasks.base import Task
 
 
@@ -60,11 +61,12 @@ def make_preference_data(model, tokenizer, task: Task, cfg: PrefDataConfig) -> t
         raise ValueError(f"objective '{objective}' is not one of task '{task.name}' objectives {task.objectives}")
     prompts = task.prompts(cfg.split, cfg.num_prompts, seed=cfg.seed)
     k = cfg.samples_per_prompt
-    sampling = SamplingConfig(**{**cfg.sampling.__dict__, "num_samples": k, "seed": cfg.seed})
+    sampling = SamplingConfig(**{**cfg.sampling.__dict__, "num_samples": k,
+                                 "seed": derive_seed(cfg.seed, PREFDATA_SAMPLING)})
     _, texts = sample_texts(model, tokenizer, prompts, sampling)
     row_prompts = [p for p in prompts for _ in range(k)]
     gold = task.gold(row_prompts, texts)
-    rng = random.Random(cfg.seed + 7919)
+    rng = random.Random(derive_seed(cfg.seed, PREFDATA_LABELS))
     rows, stats, agree = [], PrefDataStats(), 0
     for p_idx, prompt in enumerate(prompts):
         for j in range(0, k - 1, 2):
