@@ -68,3 +68,18 @@ def test_bad_arguments_are_config_errors(args, expected):
 
 def test_numpy_integers_are_accepted():
     assert derive_seed(np.int64(3), "global", np.int32(2)) == derive_seed(3, "global", 2)
+
+
+def test_reward_ensemble_members_differ_from_other_seeds_members(reviews_tokenizer):
+    from prefopt.models.config import ModelConfig
+    from prefopt.models.reward import build_reward_model
+
+    def members(seed):
+        ens = build_reward_model(ModelConfig(name_or_path="tiny:llama-1m"), reviews_tokenizer, ensemble_size=2,
+                                 seed=seed)
+        return [torch.cat([p.detach().flatten() for p in m.parameters()]) for m in ens.members]
+
+    (a0, a1), (b0, b1) = members(0), members(1000)
+    assert not torch.equal(a0, a1)
+    assert not torch.equal(a1, b0)  # `seed + 1000 * i` made these identical
+    assert torch.equal(members(0)[1], a1)  # still deterministic
