@@ -20,6 +20,8 @@ import operator
 from prefopt.errors import ConfigError
 
 _M64 = (1 << 64) - 1
+SEED_MAX = 2**32 - 1  # largest base seed of a run (numpy.random.seed takes 32 bits)
+SEED_WORD_MAX = _M64  # largest seed derive_seed takes (e.g. a derived seed used as a base)
 
 GLOBAL = "global"
 DATA_ORDER = "data.order"

@@ -45,8 +45,9 @@ from typing import Any
 import torch
 
 from prefopt.errors import ConfigError
-from prefopt.seeding import ROLLOUT_PROMPT, ROLLOUT_SAMPLE, derive_seed
+from prefopt.seeding import ROLLOUT_PROMPT, ROLLOUT_SAMPLE, SEED_WORD_MAX, derive_seed
 from prefopt.types import Rollout
+from prefopt.validation import bad_value, check_config
 
 __all__ = ["SamplingConfig", "generate"]
 
@@ -56,21 +57,21 @@ class SamplingConfig:
     """How to sample responses from a causal LM (one flat config; a docstring per field)."""
 
     max_new_tokens: int = field(
-        default=32, metadata={"help": "Maximum number of tokens generated per response (stop token included)."}
+        default=32, metadata={"help": "Maximum number of tokens generated per response (stop token included).", "min": 1}
     )
     temperature: float = field(
-        default=1.0, metadata={"help": "Softmax temperature for sampling; 0 means greedy (argmax)."}
+        default=1.0, metadata={"help": "Softmax temperature for sampling; 0 means greedy (argmax).", "min": 0}
     )
     top_k: int = field(
-        default=0, metadata={"help": "Sample only among the k most likely tokens; 0 turns top-k off."}
+        default=0, metadata={"help": "Sample only among the k most likely tokens; 0 turns top-k off.", "min": 0}
     )
     top_p: float = field(
         default=1.0,
         metadata={"help": "Nucleus sampling: keep the smallest set of most likely tokens whose probability "
-                          "(after temperature and top-k) reaches top_p; 1.0 turns it off."},
+                          "(after temperature and top-k) reaches top_p; 1.0 turns it off.", "gt": 0, "max": 1},
     )
     num_samples: int = field(
-        default=1, metadata={"help": "Responses sampled per prompt (k); rows of a prompt are consecutive."}
+        default=1, metadata={"help": "Responses sampled per prompt (k); rows of a prompt are consecutive.", "min": 1}
     )
     stop_token_ids: tuple[int, ...] = field(
         default=(), metadata={"help": "Token ids that end a response, in addition to the tokenizer's eos."}
@@ -81,28 +82,17 @@ class SamplingConfig:
                           "(the token completing the string is kept; needs a tokenizer)."},
     )
     seed: int = field(
-        default=0, metadata={"help": "Base seed; prompt p's seed is derived from (seed, p) unless per-prompt seeds are given."}
+        default=0, metadata={"help": "Base seed; prompt p's seed is derived from (seed, p) unless per-prompt seeds are given.",
+                            "min": 0, "max": SEED_WORD_MAX}
     )
     batch_size: int = field(
-        default=64, metadata={"help": "Maximum number of rows decoded together; larger requests are chunked."}
+        default=64, metadata={"help": "Maximum number of rows decoded together; larger requests are chunked.", "min": 1}
     )
 
-    def validate(self) -> None:
-        """Raise :class:`ConfigError` naming the field when a value is out of range."""
-        if self.max_new_tokens < 1:
-            raise ConfigError(f"sampling.max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.temperature < 0:
-            raise ConfigError(f"sampling.temperature must be >= 0 (0 = greedy), got {self.temperature}")
-        if self.top_k < 0:
-            raise ConfigError(f"sampling.top_k must be >= 0 (0 = off), got {self.top_k}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ConfigError(f"sampling.top_p must be in (0, 1], got {self.top_p}")
-        if self.num_samples < 1:
-            raise ConfigError(f"sampling.num_samples must be >= 1, got {self.num_samples}")
-        if self.batch_size < 1:
-            raise ConfigError(f"sampling.batch_size must be >= 1, got {self.batch_size}")
+    def validate(self, prefix: str = "sampling.") -> None:
+        """What the field ranges (:func:`prefopt.validation.check_config`) cannot express."""
         if any(not s for s in self.stop_strings):
-            raise ConfigError("sampling.stop_strings must not contain empty strings")
+            raise bad_value(f"{prefix}stop_strings", list(self.stop_strings), "no empty strings")
 
 
 # --------------------------------------------------------------------------- seeds
@@ -326,7 +316,7 @@ def generate(
         ``logprobs`` raw (temperature-1, unfiltered) log-prob of each sampled token, 0 where masked;
         ``truncated`` True where no stop happened within ``max_new_tokens``.
     """
-    cfg.validate()
+    check_config(cfg, "sampling.")
     if not prompts:
         raise ConfigError("generate() needs at least one prompt")
     for i, p in enumerate(prompts):

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import random
 
-from prefopt.seeding import TASK_CORPUS, TASK_PROMPTS, derive_seed
-from prefopt.tasks.base import SPLITS, Task, register_task
+from prefopt.seeding import TASK_CORPUS, derive_seed
+from prefopt.tasks.base import Task, prompt_seed, register_task
 
 BRANDS = ("zenta", "korvo", "lumix", "nadir", "oberon", "pico", "quasar", "rhea",
           "sol", "tern", "umbra", "vega")
@@ -68,9 +68,7 @@ class ReviewsTask(Task):
         self._split = {"eval": combos[:cut], "train": combos[cut:]}
 
     def prompts(self, split: str, n: int, seed: int = 0) -> list[str]:
-        if split not in self._split:
-            raise ValueError(f"split must be 'train' or 'eval', got '{split}'")
-        rng = random.Random(derive_seed(seed, TASK_PROMPTS, SPLITS.index(split)))
+        rng = random.Random(prompt_seed(seed, split))
         combos = self._split[split]
         return [_prompt(*rng.choice(combos)) for _ in range(n)]
 
