@@ -65,6 +65,9 @@ BAD_CONFIGS = [
     (["online.num_generations=0"], "online.num_generations: got 0, expected an integer >= 1"),
     (["online.epochs=0"], "online.epochs: got 0, expected an integer >= 1"),
     (["online.max_resample=-1"], "online.max_resample: got -1, expected an integer >= 0"),
+    (["algo.loss=ipoo"], "algo.loss: unknown loss 'ipoo'; did you mean 'ipo'? (known: {losses})"),
+    (["algo.loss_weights={dpo: 1, sipmo: 0.5}"],
+     "algo.loss_weights.sipmo: unknown loss 'sipmo'; did you mean 'simpo'? (known: {losses})"),
     (["train.steps=many"], "train.steps: got 'many' (str), expected int"),
     (["train.stepz=3"], "unknown config key 'train.stepz'; did you mean 'train.steps'? (valid: steps, batch_size, "
                         "grad_accum, max_grad_norm, lr_schedule, warmup_steps, min_lr_ratio, seed, eval_every, "
@@ -88,6 +91,8 @@ def _error_line(capsys) -> str:
 @pytest.mark.parametrize("overrides, message", BAD_CONFIGS, ids=[" ".join(o) for o, _ in BAD_CONFIGS])
 def test_bad_config_is_one_line_naming_key_value_and_expectation(in_tmp, capsys, overrides, message):
     # --check runs exactly the validation a training run starts with
+    from prefopt.losses import PAIRWISE_LOSSES
+    message = message.replace("{losses}", ", ".join(sorted(PAIRWISE_LOSSES)))
     assert main(["train", "--check", *overrides]) == 2
     assert _error_line(capsys) == message
     with pytest.raises(ConfigError) as exc:

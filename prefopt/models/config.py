@@ -17,7 +17,7 @@ class ModelConfig:
     tokenizer: str | None = field(default=None, metadata={"help": (
         "Tokenizer name or path; defaults to the model's. Tiny models use the lab task's tokenizer.")})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow model code from the hub repo (off: safer)."})
-    dtype: DtypeName = field(default="float32", metadata={"help": "Parameter dtype."})
+    dtype: DtypeName = field(default="float32", metadata={"help": "Parameter dtype (float32, bfloat16 or float16)."})
     init_seed: int = field(default=0, metadata={"help": "Seed for the random initialization of tiny models.",
                                                   "min": 0, "max": SEED_MAX})
     max_positions: int = field(default=256, metadata={"help": "Context length of tiny models.", "min": 1})

@@ -1,10 +1,12 @@
 """The ``prefopt train`` config: one dataclass per section, a help text per field."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
 from prefopt.data.config import DataConfig
+from prefopt.errors import ConfigError
 from prefopt.models.config import LoraConfig, ModelConfig
 from prefopt.optim.config import OptimConfig
 from prefopt.rollout.engine import SamplingConfig
@@ -50,6 +52,22 @@ class AlgoConfig:
     loss_weights: dict = field(default_factory=dict, metadata={"help": (
         "Combine pairwise losses: {name: weight, ...}, e.g. {dpo: 1.0, bco_pair: 0.5}; replaces algo.loss. "
         "loss_hparams is then keyed by loss name, e.g. {bco_pair: {delta: 0.0}}.")})
+
+    def validate(self, prefix: str = "algo.") -> None:
+        """Loss names exist (their hyper-parameters are checked where the loss is built)."""
+        from prefopt.losses import get_pairwise_loss
+
+        names = [(f"{prefix}loss_weights.{n}", n) for n in self.loss_weights] or [(f"{prefix}loss", self.loss)]
+        for key, name in names:
+            if name == "kto" and key == f"{prefix}loss":
+                continue  # resolve_loss explains that kto is algo.name: kto
+            try:
+                get_pairwise_loss(name)
+            except ValueError as exc:
+                raise ConfigError(f"{key}: {exc}") from None
+        for name, weight in self.loss_weights.items():
+            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight):
+                raise bad_value(f"{prefix}loss_weights.{name}", weight, "a finite number")
 
 
 @dataclass
