@@ -38,6 +38,7 @@ from prefopt.rollout.scorers import RewardOutput, WeightedReward
 from prefopt.rollout.text import decode_responses, encode_prompts
 from prefopt.train.algorithms.base import Algorithm, StepLoss
 from prefopt.train.sampler import EpochSampler
+from prefopt.train.state_io import fields_of
 from prefopt.types import Rollout
 
 # --------------------------------------------------------------------------------------- settings
@@ -632,7 +633,8 @@ class PolicyGradient(Algorithm):
 
     def state_dict(self) -> dict:
         state = {"experience": self.exp.state_dict(), "rollouts": self.rollouts, "kl_coef": self.kl_coef,
-                 "step_counts": dict(self.step_counts), "buffer": self.buffer, "schedule": list(self.schedule),
+                 "step_counts": dict(self.step_counts), "schedule": list(self.schedule),
+                 "buffer": None if self.buffer is None else fields_of(self.buffer),
                  "buffer_metrics": dict(self.buffer_metrics)}
         if self.kl_ctl is not None:
             state["kl_ctl"] = self.kl_ctl.state_dict()
@@ -645,7 +647,8 @@ class PolicyGradient(Algorithm):
         self.exp.load_state_dict(state["experience"])
         self.rollouts, self.kl_coef = int(state["rollouts"]), float(state["kl_coef"])
         self.step_counts = dict(state["step_counts"])
-        self.buffer, self.schedule = state["buffer"], list(state["schedule"])
+        self.buffer = None if state["buffer"] is None else PGBatch(**state["buffer"])
+        self.schedule = list(state["schedule"])
         self.buffer_metrics = dict(state["buffer_metrics"])
         if self.kl_ctl is not None and "kl_ctl" in state:
             self.kl_ctl.load_state_dict(state["kl_ctl"])

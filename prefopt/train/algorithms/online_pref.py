@@ -26,6 +26,7 @@ from prefopt.train.algorithms.base import Algorithm, StepLoss
 from prefopt.train.algorithms.online import Experience, Sampled, _mean, learner_throughput
 from prefopt.train.algorithms.preference import pair_logps
 from prefopt.train.sampler import EpochSampler
+from prefopt.train.state_io import fields_of
 from prefopt.types import PreferenceBatch, SequenceBatch
 
 
@@ -225,6 +226,13 @@ class _Rounds(Algorithm):
     def _collate(self, rows: list):
         raise NotImplementedError
 
+    def _row_state(self, row):
+        """A row as a plain tree for the checkpoint (rows made of lists and numbers are already)."""
+        return row
+
+    def _row_from_state(self, saved):
+        return saved
+
     def step_metrics(self) -> dict[str, float]:
         m = {**self.round_metrics, **self.exp.pop_metrics(), **self.counts}
         self.round_metrics = {k: v for k, v in self.round_metrics.items() if k in ("round", "round/rows")}
@@ -236,12 +244,14 @@ class _Rounds(Algorithm):
 
     def state_dict(self) -> dict:
         return {"experience": self.exp.state_dict(), "round": self.round, "round_step": self.round_step,
-                "rows": self.rows, "sampler": self.sampler.state_dict() if self.sampler else None,
+                "rows": None if self.rows is None else [self._row_state(r) for r in self.rows],
+                "sampler": self.sampler.state_dict() if self.sampler else None,
                 "counts": dict(self.counts)}
 
     def load_state_dict(self, state: dict) -> None:
         self.exp.load_state_dict(state["experience"])
-        self.round, self.round_step, self.rows = int(state["round"]), int(state["round_step"]), state["rows"]
+        self.round, self.round_step = int(state["round"]), int(state["round_step"])
+        self.rows = None if state["rows"] is None else [self._row_from_state(r) for r in state["rows"]]
         self.counts = dict(state["counts"])
         self.sampler = None
         if self.rows is not None:
@@ -297,6 +307,12 @@ class IterativeDPO(_PairwiseLossMixin, _Rounds):
         gaps = [rewards[b] - rewards[w] for _, b, w in chosen_rejected]
         self.counts["round/reward_margin"] = _mean(gaps) if gaps else 0.0
         return [(pair, rc, rr) for pair, (rc, rr) in zip(pairs, refs)]
+
+    def _row_state(self, row: tuple[EncodedPair, float, float]) -> tuple:
+        return (fields_of(row[0]), row[1], row[2])
+
+    def _row_from_state(self, saved) -> tuple[EncodedPair, float, float]:
+        return (EncodedPair(**saved[0]), saved[1], saved[2])
 
     def _collate(self, rows: list[tuple[EncodedPair, float, float]]) -> PreferenceBatch:
         refs = None
