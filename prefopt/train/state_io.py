@@ -4,7 +4,8 @@ rest of the tree as JSON.
 A *plain tree* is what the loop checkpoints: dicts with ``str`` keys, lists, tuples, of
 ``torch.Tensor``, ``int``, ``float``, ``bool``, ``str`` and ``None``. Anything else is refused with
 an error naming its path inside the tree, so state that would need pickle never reaches disk.
-In the JSON, a tensor is ``{"__tensor__": NAME}`` (NAME is its key in the safetensors file), a tuple
+In the JSON, a tensor is ``{"__tensor__": NAME}`` (NAME is its key in the safetensors file; with
+``"permute"`` when it is a transposed view, so it loads with the same strides), a tuple
 is ``{"__tuple__": [...]}``, and a dict that happens to use one of these marker keys is wrapped as
 ``{"__dict__": {...}}``; floats keep their exact value (``repr`` round-trips, NaN/inf included).
 """
@@ -17,7 +18,7 @@ import torch
 
 from prefopt.errors import PrefoptError
 
-TENSOR, TUPLE, DICT = "__tensor__", "__tuple__", "__dict__"
+TENSOR, TUPLE, DICT, PERMUTE = "__tensor__", "__tuple__", "__dict__", "permute"
 _MARKERS = (TENSOR, TUPLE, DICT)
 _SCALARS = (bool, int, float, str, type(None))
 
@@ -34,17 +35,16 @@ def encode_tree(tree, path: str = "state") -> tuple[object, dict[str, torch.Tens
 
     def walk(node, where: str):
         if isinstance(node, torch.Tensor):
-            t = node.detach().cpu()
+            t, order = _dense(node.detach().cpu())
             ptr = t.untyped_storage().data_ptr() if t.numel() else None
-            if (not t.is_contiguous() or t.untyped_storage().nbytes() != t.nbytes
-                    or (ptr is not None and ptr in seen)):
-                t = t.clone(memory_format=torch.contiguous_format)
+            if t.untyped_storage().nbytes() != t.nbytes or (ptr is not None and ptr in seen):
+                t = t.clone()
                 ptr = t.untyped_storage().data_ptr() if t.numel() else None
             if ptr is not None:
                 seen.add(ptr)
             name = where if where not in tensors else f"{where}#{len(tensors)}"
             tensors[name] = t
-            return {TENSOR: name}
+            return {TENSOR: name, PERMUTE: order} if order else {TENSOR: name}
         if isinstance(node, _SCALARS):
             return node
         if isinstance(node, tuple):
@@ -66,6 +66,26 @@ def encode_tree(tree, path: str = "state") -> tuple[object, dict[str, torch.Tens
     return walk(tree, path), tensors
 
 
+def _dense(t: torch.Tensor) -> tuple[torch.Tensor, list[int] | None]:
+    """A contiguous tensor to store for ``t``, and the dimension order that gives ``t`` back as a view
+    with its own strides (e.g. a transposed matrix: some kernels round differently on other strides,
+    and a resumed run must be bit-identical); a tensor with gaps is stored as a contiguous copy."""
+    if t.is_contiguous():
+        return t, None
+    order = sorted(range(t.dim()), key=lambda d: (-t.stride(d), -t.size(d)))
+    packed = t.permute(*order)
+    if packed.is_contiguous():
+        return packed, order
+    return t.contiguous(), None
+
+
+def _inverse(order: list[int]) -> list[int]:
+    inv = [0] * len(order)
+    for i, d in enumerate(order):
+        inv[d] = i
+    return inv
+
+
 def decode_tree(skeleton, tensors: dict[str, torch.Tensor], path: str = "state"):
     """Inverse of :func:`encode_tree`."""
     def walk(node, where: str):
@@ -76,7 +96,8 @@ def decode_tree(skeleton, tensors: dict[str, torch.Tensor], path: str = "state")
         if TENSOR in node:
             if node[TENSOR] not in tensors:
                 raise StateFormatError(f"{where}: tensor '{node[TENSOR]}' is missing from the tensor file")
-            return tensors[node[TENSOR]]
+            t = tensors[node[TENSOR]]
+            return t.permute(*_inverse(node[PERMUTE])) if PERMUTE in node else t
         if TUPLE in node:
             return tuple(walk(v, f"{where}/{i}") for i, v in enumerate(node[TUPLE]))
         if DICT in node:
