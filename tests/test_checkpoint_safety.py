@@ -240,24 +240,28 @@ def test_every_optimizer_round_trips_through_the_checkpoint(name, tmp_path):
 # ----------------------------------------------------------------------------- run directories
 
 
-def test_lock_names_a_live_owner_and_takes_over_a_stale_one(tmp_path):
+def test_lock_names_a_live_owner_and_takes_over_a_stale_one(tmp_path, capsys):
+    run = tmp_path / "runs" / "reuse"
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import sys, time
         from prefopt.train.rundir import acquire
-        acquire({str(tmp_path)!r}); print("held", flush=True); time.sleep(60)""")],
+        acquire({str(run)!r}); print("held", flush=True); time.sleep(60)""")],
         stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(RunLockedError, match=f"in use by process {holder.pid} "):
-            acquire(tmp_path)
+            acquire(run)
+        assert main(_cli(tmp_path / "runs", "train.steps=1")) == 2  # a second run of the same name
+        assert f"runs/reuse is in use by process {holder.pid} on " in capsys.readouterr().err
+        assert sorted(p.name for p in run.iterdir()) == [".lock"]  # it wrote nothing
     finally:
         holder.kill()
         holder.wait()
     with pytest.warns(UserWarning, match=f"taking over the stale lock of process {holder.pid}"):
-        acquire(tmp_path)
-    assert json.loads((tmp_path / ".lock").read_text())["pid"] == os.getpid()
-    release(tmp_path)
-    assert not (tmp_path / ".lock").exists()
+        acquire(run)
+    assert json.loads((run / ".lock").read_text())["pid"] == os.getpid()
+    release(run)
+    assert not (run / ".lock").exists()
 
 
 def test_new_run_in_a_used_directory_needs_overwrite(tmp_path):

@@ -83,7 +83,7 @@ def _train(model, algorithm, optimizer, cfg, run_dir, tokenizer, logger, resume,
     run = RunState(run_dir, cfg, model, tokenizer, optimizer, scheduler, algorithm, logger)
     start = run.start(resume)
     if run.loop.get("stopped") or (start >= cfg.steps and not run.loop.get("eval_pending")):
-        return TrainResult(start, run.final, {}, last_eval(logger.path), 0.0)  # finished: nothing to do
+        return TrainResult(start, run.final, {}, last_eval(getattr(logger, "path", "")), 0.0)  # finished
     params = [p for p in model.parameters() if p.requires_grad]
     progress = _progress(cfg, start)
     last, eval_metrics = {}, {}
@@ -94,15 +94,7 @@ def _train(model, algorithm, optimizer, cfg, run_dir, tokenizer, logger, resume,
     evaluate = lambda at: _evaluate(model, algorithm, logger, at, evaluators,  # noqa: E731
                                     logged=lambda: run.snapshot(at, eval_pending=False))
     try:
-        if run.loop.get("eval_pending"):  # a signal came during this step's evaluation: do it now
-            run.snapshot(start, eval_pending=True)
-            eval_metrics = evaluate(start)
-            if start == cfg.steps or _due(cfg.save_every, start):
-                run.save(start)
-        elif cfg.eval_on_start and start == 0:
-            rng = rng_state()  # evaluation may sample: the run must not depend on whether it looked first
-            _evaluate(model, algorithm, logger, 0, evaluators)
-            set_rng_state(rng)
+        eval_metrics = _before_first_step(run, cfg, start, evaluate)
         model.train()
         for step in range(start + 1, cfg.steps + 1):
             run.snapshot(step - 1, eval_pending=False)
@@ -137,6 +129,20 @@ def _train(model, algorithm, optimizer, cfg, run_dir, tokenizer, logger, resume,
         if progress is not None:
             progress.close()
     return TrainResult(step, run.final, last, eval_metrics, time.perf_counter() - t_start)
+
+
+def _before_first_step(run: RunState, cfg: LoopConfig, start: int, evaluate) -> dict:
+    if run.loop.get("eval_pending"):  # a signal came during this step's evaluation: do it now
+        run.snapshot(start, eval_pending=True)
+        metrics = evaluate(start)
+        if start == cfg.steps or _due(cfg.save_every, start):
+            run.save(start)
+        return metrics
+    if cfg.eval_on_start and start == 0:
+        rng = rng_state()  # evaluation may sample: the run must not depend on whether it looked first
+        evaluate(0)
+        set_rng_state(rng)
+    return {}
 
 
 def _due(every: int, step: int) -> bool:
