@@ -7,6 +7,7 @@ import json
 import os
 import pickle
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -349,3 +350,36 @@ def test_resume_refuses_remote_code_from_the_run_folder(tmp_path, capsys):
     (run / "config.yaml").write_text("model: {name_or_path: 'tiny:llama-1m', trust_remote_code: true}\n")
     assert main(["train", "--resume", str(run)]) == 2
     assert "pass model.trust_remote_code=true on the command line" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- signals at awkward moments
+
+
+def test_signal_during_a_save_or_an_update_waits_for_it(reviews_tokenizer, tmp_path, monkeypatch, finished_run):
+    from prefopt.train.interrupt import TrainingInterrupted
+
+    original = ck._write_manifest
+
+    def manifest_then_signal(*a, **k):
+        os.kill(os.getpid(), signal.SIGTERM)  # held: the checkpoint is completed first
+        return original(*a, **k)
+    monkeypatch.setattr(ck, "_write_manifest", manifest_then_signal)
+    with pytest.raises(TrainingInterrupted) as stop:
+        _run(reviews_tokenizer, tmp_path / "a")
+    assert stop.value.checkpoint == tmp_path / "a" / "checkpoint-2" and stop.value.signum == signal.SIGTERM
+    ck.verify_checkpoint(stop.value.checkpoint)
+    assert not list((tmp_path / "a").glob(".tmp-*"))
+    monkeypatch.setattr(ck, "_write_manifest", original)
+
+    model = _model(reviews_tokenizer)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    calls = []
+    opt.register_step_post_hook(lambda *_: calls.append(1) or (len(calls) == 3 and os.kill(os.getpid(), signal.SIGINT)))
+    cfg = LoopConfig(steps=4, save_every=2, progress=False, warmup_steps=1)
+    with pytest.raises(TrainingInterrupted) as stop:  # SIGINT right after step 3's update: step 3 is kept
+        train(model, _sft(reviews_tokenizer), opt, cfg, tmp_path / "b")
+    assert stop.value.checkpoint == tmp_path / "b" / "checkpoint-3"
+    assert [r["step"] for r in read_metrics(tmp_path / "b" / "metrics.jsonl") if "loss" in r] == [1, 2, 3]
+    resumed, _ = _run(reviews_tokenizer, tmp_path / "b", resume=True)
+    for k, v in finished_run[1].items():
+        assert torch.equal(resumed.state_dict()[k], v), k

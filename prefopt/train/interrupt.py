@@ -60,6 +60,10 @@ class InterruptGuard:
             signum, self._pending = self._pending, None
             raise TrainingInterrupted(signum)
 
+    def discard(self) -> None:
+        """End the critical section dropping a held signal (the run is stopping already)."""
+        self._critical, self._pending = False, None
+
     @contextmanager
     def critical(self):
         was = self._critical

@@ -122,7 +122,11 @@ def _train(model, algorithm, optimizer, cfg, run_dir, tokenizer, logger, resume,
             if step == cfg.steps or _due(cfg.save_every, step):
                 run.save(step)
     except KeyboardInterrupt as exc:
-        saved = run.save_on_interrupt()
+        GUARD.hold()  # a second Ctrl-C must not cut this save short
+        try:
+            saved = run.save_on_interrupt()
+        finally:
+            GUARD.discard()
         raise TrainingInterrupted(getattr(exc, "signum", signal.SIGINT), saved, run_dir) from None
     finally:
         hold.remove()
