@@ -133,11 +133,13 @@ def test_sigterm_inside_a_step_and_during_an_evaluation_saves_and_resumes_exactl
 
 
 @pytest.mark.slow
-def test_rloo_survives_sigkill_inside_a_rollout_and_an_evaluation(tmp_path):
+def test_rloo_survives_sigkill_inside_a_rollout_a_save_and_an_evaluation(tmp_path):
     reference = tmp_path / "ref" / "r"
     assert main(["train", *RLOO, f"output_dir={reference.parent}", "run_name=r"]) == 0
     run = tmp_path / "runs" / "r"
     _expect(_start(run, RLOO, "generate", 2, "KILL"), "KILL")  # inside step 2's rollout
     assert [p.name for p in list_checkpoints(run)] == ["checkpoint-1"]
+    _expect(_interrupted(run, "save", 1, "KILL"), "KILL")  # while checkpoint-2 is written
+    assert [p.name for p in list_checkpoints(run)] == ["checkpoint-1"] and (run / ".tmp-checkpoint-2").exists()
     _expect(_interrupted(run, "eval", 1, "KILL"), "KILL")  # step 2's evaluation
     _check(run, reference, [2, 4], 4)

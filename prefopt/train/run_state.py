@@ -55,7 +55,8 @@ class RunState:
         self.loop = dict(state.get("loop", {}))
         self.run_id = read_manifest(ckpt).get("run_id") or self.run_id
         self.saved_step, self.final = int(state["step"]), ckpt
-        self.logger.cut_back(self.loop.get("metrics_bytes"), self.saved_step)
+        if hasattr(self.logger, "cut_back"):
+            self.logger.cut_back(self.loop.get("metrics_bytes"), self.saved_step)
         return self.saved_step
 
     def snapshot(self, step: int, *, eval_pending: bool) -> None:

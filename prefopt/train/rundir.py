@@ -79,7 +79,8 @@ def acquire(run_dir: Path) -> None:
         owner = _read_owner(lock)
         if owner and _alive(owner):
             raise RunLockedError(f"{run_dir} is in use by process {owner.get('pid')} on {owner.get('host')} "
-                                 f"(since {owner.get('since')}); wait for it to finish or stop it")
+                                 f"(since {owner.get('since')}); wait for it to finish or stop it (or delete {lock} if "
+                                 "that process is gone)")
         if not owner and time.time() - _mtime(lock) < 5:  # being written right now by its owner
             time.sleep(0.2)
             continue
