@@ -383,3 +383,22 @@ def test_signal_during_a_save_or_an_update_waits_for_it(reviews_tokenizer, tmp_p
     resumed, _ = _run(reviews_tokenizer, tmp_path / "b", resume=True)
     for k, v in finished_run[1].items():
         assert torch.equal(resumed.state_dict()[k], v), k
+
+
+@pytest.mark.parametrize("algo", ["iterative_dpo", "raft"])
+def test_round_rows_resume_exactly_from_the_plain_format(algo, tmp_path):
+    """A checkpoint in the middle of a round holds that round's rows (EncodedPair made plain)."""
+    from test_online_algorithms import _cfg
+
+    from prefopt.cli.run import run_train
+
+    over = dict(online__steps_per_round=2, online__round_prompts=4, train__save_every=1)
+    straight = run_train(_cfg(tmp_path / "a", algo, train__steps=3, **over))
+    run_train(_cfg(tmp_path / "b", algo, train__steps=1, **over))
+    rows = ck.load_trainer_state(tmp_path / "b" / algo / "checkpoint-1")["algorithm"]["rows"]
+    assert rows and isinstance(rows[0], tuple)
+    resumed = run_train(_cfg(tmp_path / "b", algo, train__steps=3, **over), resume=True)
+    a = load_file(straight.result.final_checkpoint / "model" / "model.safetensors")
+    b = load_file(resumed.result.final_checkpoint / "model" / "model.safetensors")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
