@@ -83,7 +83,9 @@ def _train(model, algorithm, optimizer, cfg, run_dir, tokenizer, logger, resume,
     run = RunState(run_dir, cfg, model, tokenizer, optimizer, scheduler, algorithm, logger)
     start = run.start(resume)
     if run.loop.get("stopped") or (start >= cfg.steps and not run.loop.get("eval_pending")):
-        return TrainResult(start, run.final, {}, last_eval(getattr(logger, "path", "")), 0.0)  # finished
+        warnings.warn(f"{run_dir}: the run is complete at step {start}; nothing to do (raise train.steps to train "
+                      "on)", stacklevel=3)
+        return TrainResult(start, run.final, {}, last_eval(getattr(logger, "path", "")), 0.0)
     params = [p for p in model.parameters() if p.requires_grad]
     progress = _progress(cfg, start)
     last, eval_metrics = {}, {}
