@@ -17,6 +17,7 @@ from prefopt.errors import ConfigError
 from prefopt.models.loading import load_tokenizer
 from prefopt.models.tiny import is_tiny
 from prefopt.optim import build_optimizer, optimizer_state_bytes
+from prefopt.report.environment import write_environment
 from prefopt.tasks import get_task
 from prefopt.tasks.tokenizer import train_tokenizer
 from prefopt.train.config import TrainConfig
@@ -82,6 +83,7 @@ def run_train(cfg: TrainConfig, *, resume: bool = False, run_dir: Path | None = 
     optimizer = build_optimizer(model, cfg.optim)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    write_environment(run_dir)  # versions, CPU, threads: what `prefopt report` shows
     logger = MetricsLogger(run_dir, tensorboard=cfg.train.tensorboard, wandb_project=cfg.train.wandb_project,
                            run_name=run_dir.name, config=to_dict(cfg), resume=resume)
     try:
