@@ -225,6 +225,8 @@ def test_short_offline_and_online_training_raise_no_deprecation(tmp_path):
 
     from prefopt.cli.config import from_dict
     from prefopt.cli.run import run_train
+    from prefopt.models.config import ModelConfig
+    from prefopt.models.loading import load_model, load_tokenizer
     from prefopt.train.config import TrainConfig
 
     pairs = write_jsonl(tmp_path / "pairs.jsonl", lab_pairs(12))
@@ -241,6 +243,9 @@ def test_short_offline_and_online_training_raise_no_deprecation(tmp_path):
         for cfg in (offline, online):
             out = run_train(from_dict(TrainConfig, cfg))
             assert out.result.steps == 2
+        saved = out.result.final_checkpoint / "model"  # and back from disk, as the demo and `data make` do
+        tokenizer = load_tokenizer(str(saved))
+        _generate(load_model(ModelConfig(name_or_path=str(saved)), tokenizer), tokenizer)
     assert not ours(caught), "\n".join(map(str, ours(caught)))
 
 

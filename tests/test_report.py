@@ -186,8 +186,9 @@ def test_single_run_report_goes_beside_it_and_inline_is_one_file(runs, tmp_path)
     page_path = build_report([lone])
     assert page_path == lone / "report.html" and (lone / "report_files").is_dir()
     page = _parse(page_path)
-    assert "reward-vs-kl" in page.sections and "no eval" not in page.body
-    assert "needs eval/ records with a KL" in page.body  # said, not an empty plot
+    assert "reward-vs-kl" in page.sections and "front" not in page.sections and "samples" not in page.sections
+    assert "none of these runs logged eval/ metrics" in page.body  # said, not an empty plot
+    assert "needs eval/ records with a KL" in page.body
     out = tmp_path / "inline"
     page = _parse(build_report([lone], ReportConfig(out=str(out), inline=True)))
     assert page.images and all(src.startswith("data:image/png;base64,") for src in page.images)

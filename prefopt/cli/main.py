@@ -74,8 +74,9 @@ def _add_report_parser(sub) -> None:
         if f.type in (bool, "bool"):
             r.add_argument(flag, dest=f.name, action="store_true", help=f.metadata["help"])
         else:
+            shown = "" if f.default is None else f" (default {f.default})"
             r.add_argument(flag, dest=f.name, type=int if isinstance(f.default, int) else str,
-                           default=f.default, help=f.metadata["help"] + f" (default {f.default})")
+                           default=f.default, help=f.metadata["help"] + shown)
 
 
 def cmd_train(args) -> int:

@@ -23,7 +23,8 @@ FILES = "report_files"
 
 @dataclass
 class ReportConfig:
-    """``prefopt report RUN_DIR [RUN_DIR ...] [key=value ...]``: an HTML report of runs."""
+    """Options of ``prefopt report RUN_DIR [RUN_DIR ...]``: one HTML page (and its PNGs) of the runs,
+    side by side when there are several."""
 
     out: str | None = field(default=None, metadata={"help": (
         "Folder of report.html and report_files/ (default: the RUN_DIR when one is given, "

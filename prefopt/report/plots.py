@@ -22,7 +22,12 @@ def _plt():
 
 def run_colors(names: list[str]) -> dict[str, str]:
     """One colour per run, stable across every figure of a report."""
-    palette = _plt().get_cmap("tab10").colors
+    plt = _plt()
+    if len(names) <= 20:
+        palette = plt.get_cmap("tab10" if len(names) <= 10 else "tab20").colors
+    else:  # many runs (e.g. a compare folder): evenly spaced, still one per run
+        cmap = plt.get_cmap("turbo")
+        palette = [cmap(i / (len(names) - 1))[:3] for i in range(len(names))]
     return {name: palette[i % len(palette)] for i, name in enumerate(names)}
 
 
@@ -67,13 +72,17 @@ def family_figure(keys: list[str], series: dict[str, dict[str, list]], colors: d
     """One panel per key, every run that logged it overlaid: ``series[run][key] = [(step, value)]``."""
     fig, axes = _grid(len(keys))
     used: list[str] = []
+    n = len(series)
     for ax, key in zip(axes, keys):
-        for run, by_key in series.items():
+        for i, (run, by_key) in enumerate(series.items()):
             points = _finite(by_key.get(key, []))
             if not points:
                 continue
             xs, ys = zip(*points)
-            ax.plot(xs, ys, color=colors[run], lw=1.2, marker="o" if markers or len(xs) < 3 else None, ms=3)
+            # earlier runs drawn wider and below, so identical curves of two runs both show
+            lw = 1.2 + 1.6 * (n - 1 - i) / max(1, n - 1)
+            ax.plot(xs, ys, color=colors[run], lw=lw, zorder=2 + i, marker="o" if markers or len(xs) < 3 else None,
+                    ms=3 + 2 * (n - 1 - i) / max(1, n - 1))
             if run not in used:
                 used.append(run)
         ax.set_title(key, fontsize=9)
