@@ -213,6 +213,7 @@ def test_report_command_and_its_one_line_errors(runs, tmp_path, capsys):
 CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (Debian: apt-get install -y chromium)")
 def test_headless_chromium_renders_the_report_with_its_figures(runs, tmp_path):
     from PIL import Image
