@@ -38,6 +38,7 @@ import os
 import platform
 import random
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -82,7 +83,8 @@ def build_inputs(work: Path, s: dict, seed: int = 0) -> dict:
     torch.manual_seed(seed)
     cfg = LlamaConfig(vocab_size=s["vocab"], hidden_size=s["hidden"], intermediate_size=s["inter"],
                       num_hidden_layers=s["layers"], num_attention_heads=s["heads"],
-                      num_key_value_heads=s["heads"], max_position_embeddings=1024, tie_word_embeddings=True,
+                      num_key_value_heads=s.get("kv_heads", s["heads"]), max_position_embeddings=1024,
+                      tie_word_embeddings=True,
                       pad_token_id=0, eos_token_id=1, bos_token_id=1)
     model = LlamaForCausalLM(cfg)
     model.save_pretrained(work / "model")
@@ -116,7 +118,7 @@ def build_inputs(work: Path, s: dict, seed: int = 0) -> dict:
                    for i in range(s["steps"])]
     (work / "expected_ids.json").write_text(json.dumps(expected))
 
-    prompts_per_step = max(1, s["batch"] // 4)
+    prompts_per_step = max(1, _grpo_batch(s) // 4)
     prompts = [{"prompt": words(rng.randint(*s["grpo_prompt"]))} for _ in range(s["grpo_steps"] * prompts_per_step)]
     with open(work / "prompts.jsonl", "w") as fh:
         for row in prompts:
@@ -126,6 +128,17 @@ def build_inputs(work: Path, s: dict, seed: int = 0) -> dict:
             "grpo_prompt_tokens_per_step": prompt_len * prompts_per_step,
             "tokens_per_pair_mean": sum(step_tokens) / len(pairs),
             "padded_tokens_trl_mean": _padded_tokens(expected, s["batch"]) / s["steps"]}
+
+
+def _grpo_batch(s: dict) -> int:
+    """Completions per GRPO step (4 per prompt); DPO's pairs per step unless set apart."""
+    return s.get("grpo_batch", s["batch"])
+
+
+def _trl_precision(s: dict) -> dict:
+    """TRL's precision and memory flags from the phase settings (default here: fp32, no checkpointing)."""
+    return {"bf16": s.get("precision", "fp32") == "bf16-mixed", "fp16": False,
+            "gradient_checkpointing": s.get("gradient_checkpointing", False)}
 
 
 def _padded_tokens(expected, batch: int) -> float:
@@ -185,8 +198,7 @@ def phase_trl_dpo(work: Path, s: dict, precompute: bool) -> dict:
     args = DPOConfig(
         output_dir=str(work / "trl_out"), per_device_train_batch_size=s["batch"], max_steps=s["steps"],
         learning_rate=s["lr"], lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
-        optim="adamw_torch", max_grad_norm=1.0, beta=0.1, loss_type="sigmoid", bf16=False, fp16=False,
-        gradient_checkpointing=False, use_cpu=True, logging_steps=1, save_strategy="no", eval_strategy="no",
+        optim="adamw_torch", max_grad_norm=1.0, beta=0.1, loss_type="sigmoid", **_trl_precision(s), use_cpu=True, logging_steps=1, save_strategy="no", eval_strategy="no",
         report_to="none", dataloader_num_workers=0, max_length=None, precompute_ref_log_probs=precompute,
         seed=0, train_sampling_strategy="sequential", disable_tqdm=True)
     t_pre = time.perf_counter()
@@ -220,7 +232,8 @@ def _prefopt_cfg(work: Path, s: dict, name: str):
     t = cfg.train
     t.batch_size, t.lr_schedule, t.warmup_steps, t.max_grad_norm = s["batch"], "constant", 0, 1.0
     t.progress, t.save_every, t.eval_every, t.seed = False, 0, 0, 0
-    cfg.output_dir, cfg.run_name = str(work / "prefopt_out"), name
+    t.precision = s.get("precision", "fp32")
+    cfg.output_dir, cfg.run_name = str(work / "prefopt_out"), f"{name}-{time.time_ns()}"  # rounds and variants
     return cfg
 
 
@@ -246,6 +259,7 @@ def _run_prefopt(cfg) -> tuple[list[float], list[float], dict]:
         run_mod.run_train(cfg)
     finally:
         run_mod.MetricsLogger = original
+        shutil.rmtree(Path(cfg.output_dir) / cfg.run_name, ignore_errors=True)  # 135M: 1.6 GB of checkpoint
     return stamps, losses, first, records
 
 
@@ -292,13 +306,13 @@ def phase_trl_grpo(work: Path, s: dict) -> dict:
         def on_log(self, args, state, control, logs=None, **kw):
             if logs and "loss" in logs:
                 losses.append(float(logs["loss"]))
-                completion_tokens.append(float(logs["completions/mean_length"]) * s["batch"])
+                completion_tokens.append(float(logs["completions/mean_length"]) * _grpo_batch(s))
 
     args = GRPOConfig(
-        output_dir=str(work / "trl_grpo_out"), per_device_train_batch_size=s["batch"], max_steps=s["grpo_steps"],
+        output_dir=str(work / "trl_grpo_out"), per_device_train_batch_size=_grpo_batch(s), max_steps=s["grpo_steps"],
         num_generations=4, max_completion_length=s["new_tokens"], temperature=1.0, top_p=1.0, top_k=0, beta=0.0,
         learning_rate=s["lr"], lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, optim="adamw_torch",
-        max_grad_norm=1.0, bf16=False, fp16=False, gradient_checkpointing=False, use_cpu=True, logging_steps=1,
+        max_grad_norm=1.0, **_trl_precision(s), use_cpu=True, logging_steps=1,
         save_strategy="no", eval_strategy="no", report_to="none", dataloader_num_workers=0, seed=0,
         disable_tqdm=True, log_completions=False)
     trainer = GRPOTrainer(model=model, reward_funcs=reward_even, args=args, train_dataset=Dataset.from_list(rows),
@@ -320,7 +334,7 @@ def phase_prefopt_grpo(work: Path, s: dict) -> dict:
     cfg.algo.name = "grpo"
     cfg.algo.reference = "none"
     o = cfg.online
-    o.prompts_per_step, o.num_generations = max(1, s["batch"] // 4), 4
+    o.prompts_per_step, o.num_generations = max(1, _grpo_batch(s) // 4), 4
     o.kl_coef, o.eval_kl = 0.0, False  # TRL's default beta 0: no reference model on either side
     o.reward = [RewardSpec(name=f"{HERE.stem}:reward_even_prefopt")]
     cfg.rollout.max_new_tokens, cfg.rollout.temperature, cfg.rollout.top_p = s["new_tokens"], 1.0, 1.0
@@ -378,7 +392,7 @@ def summarize(results: dict[str, list[dict]], info: dict, s: dict) -> dict:
         per_run = []
         for r in ok:
             dts = r["step_s"]
-            if name.endswith("grpo"):  # generated tokens + each step's prompts once (mean prompt length)
+            if "grpo" in name:  # generated tokens + each step's prompts once (mean prompt length)
                 toks = [c + info["grpo_prompt_tokens_per_step"] for c in r.get("completion_tokens") or []]
                 tok_s = (sum(toks[1:1 + len(dts)]) / sum(dts)) if toks and dts else None
             else:
@@ -507,25 +521,32 @@ def main(argv=None) -> int:
                 if res["step_s"] else "no timed steps")
             print(f"[round {r + 1}] {name}: {msg}", flush=True)
     summary = summarize(results, info, s)
-    import torch
-    import transformers
-    versions = {"torch": torch.__version__, "transformers": transformers.__version__}
-    try:
-        import trl
-        versions["trl"] = trl.__version__
-    except ImportError:
-        versions["trl"] = None
-    report = {"settings": s, "inputs": {k: v for k, v in info.items() if k != "step_tokens"}, "versions": versions,
+    report = {"settings": s, "inputs": {k: v for k, v in info.items() if k != "step_tokens"}, "versions": versions(),
               "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                           "load_avg": os.getloadavg()},
               "wall_s": time.perf_counter() - t0, "command": " ".join([Path(sys.executable).name] + sys.argv),
               **summary, "raw": results}
     print_summary(summary, info)
-    out = Path(args.out)
+    write_report(Path(args.out), report)
+    return 0
+
+
+def versions() -> dict:
+    import torch
+    import transformers
+    out = {"torch": torch.__version__, "transformers": transformers.__version__}
+    try:
+        import trl
+        out["trl"] = trl.__version__
+    except ImportError:
+        out["trl"] = None
+    return out
+
+
+def write_report(out: Path, report: dict) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1))
-    print(f"\nwrote {out} ({report['wall_s']:.0f} s)")
-    return 0
+    print(f"\nwrote {out} ({report['wall_s']:.0f} s, load average now {os.getloadavg()[0]:.1f})")
 
 
 if __name__ == "__main__":

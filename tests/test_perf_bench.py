@@ -84,3 +84,28 @@ def test_useful_flops_counts_each_prompt_once():
     per_layer = 2 * (4 * 16 + 3 * 32)
     ctx = (1 + 2) + 3 + 3
     assert one == 3.0 * (4 * per_layer + 4 * 4 * ctx + 2 * 4 * 10 * 2)
+
+
+def test_vs_trl_135m_quick_reports_flops_against_both_matmul_peaks(tmp_path):
+    """The real-size benchmark's --quick mode (a tiny model of the same code path): prefopt's phases in
+    both precisions, achieved FLOP/s as fractions of bf16 and fp32 matmul peaks measured in the run."""
+    import vs_trl_135m
+
+    out = tmp_path / "vs_trl_135m.json"
+    only = "prefopt_dpo_fp32,prefopt_dpo_bf16,prefopt_grpo_fp32" + (",trl_dpo,trl_grpo" if HAS_TRL else "")
+    assert vs_trl_135m.main(["--quick", "--threads", "1", "--only", only, "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    peak = report["matmul_peak"]
+    assert peak["bf16_gflops"] > 0 and peak["fp32_gflops"] > 0
+    for name in only.split(","):
+        phase = report["phases"][name]
+        assert "error" not in phase, phase.get("error")
+        assert phase["tokens_per_s"] > 0 and phase["peak_rss_mib"] > 0
+        assert phase["frac_fp32_peak"] == pytest.approx(phase["achieved_gflops"] / peak["fp32_gflops"])
+        assert 0 < phase["frac_bf16_peak"] < 1.5
+    # fp32 and bf16-mixed start from the same weights and reference: the first DPO loss is ln 2 in both
+    for name in ("prefopt_dpo_fp32", "prefopt_dpo_bf16"):
+        assert report["phases"][name]["losses"][0] == pytest.approx(0.6931, abs=2e-3)
+    assert report["machine"]["load_avg_start"] and report["settings"]["vocab"] == vs_trl_135m.QUICK["vocab"]
+    if HAS_TRL:
+        assert {r["trl"] for r in report["ratios"]} >= {"trl_dpo", "trl_grpo"}

@@ -13,6 +13,7 @@ from prefopt.rollout.engine import SamplingConfig
 from prefopt.seeding import SEED_MAX
 from prefopt.train.online_config import OnlineConfig
 from prefopt.train.hybrid_config import HypoConfig, MixConfig, ResetConfig
+from prefopt.train.precision import check_precision
 from prefopt.train.presets import OPTIONAL_SECTIONS, algo_help, check_sections
 from prefopt.validation import bad_value
 
@@ -40,6 +41,11 @@ class LoopConfig:
     tensorboard: bool = field(default=False, metadata={"help": "Also log to TensorBoard under <run>/tensorboard."})
     wandb_project: str | None = field(default=None, metadata={"help": "Also log to this Weights & Biases project."})
     threads: int = field(default=0, metadata={"help": "torch CPU threads (0 = torch's default).", "min": 0})
+    precision: Literal["fp32", "bf16-mixed", "fp16-mixed", "bf16"] = field(default="fp32", metadata={"help": (
+        "Numeric precision: 'fp32'; 'bf16-mixed' / 'fp16-mixed' = fp32 master weights and optimizer state, every "
+        "forward and backward of a step (policy, reference, rollouts) under bf16/fp16 autocast, fp16 with a "
+        "dynamic loss scaler (checkpointed); 'bf16' = pure bf16 weights (model.dtype becomes bfloat16; warns when "
+        "lr is below the weights' bf16 resolution). Needs hardware bf16/fp16 support (checked at start).")})
 
 
 @dataclass
@@ -132,6 +138,9 @@ class TrainConfig:
         algorithm does not read, set to anything but its defaults, is an error."""
         check_sections(self.algo.name, {name: getattr(self, name) != type(getattr(self, name))()
                                         for name in OPTIONAL_SECTIONS})
+        check_precision(self.train.precision, self.model.dtype, self.optim.name, key=f"{prefix}train.precision")
+        if self.train.precision == "bf16":
+            self.model.dtype = "bfloat16"  # pure bf16: the weights themselves (one setting, not two)
         if self.algo.name == "kto" and self.train.batch_size < 2:
             raise bad_value(f"{prefix}train.batch_size", self.train.batch_size,
                             "an integer >= 2 with algo.name=kto (its KL baseline pairs mismatched examples)")

@@ -26,6 +26,7 @@ from prefopt.train.checkpoint import rng_state, set_rng_state
 from prefopt.train.config import LoopConfig
 from prefopt.train.interrupt import GUARD, TrainingInterrupted
 from prefopt.train.metrics import MetricsLogger, last_eval, peak_rss_mib
+from prefopt.train.precision import Precision
 from prefopt.train.recipe import plan_step, step_units
 from prefopt.train.rundir import locked
 from prefopt.train.run_state import RunState
@@ -82,7 +83,8 @@ def _train(model, algorithm, optimizer, cfg, run_dir, tokenizer, logger, resume,
     seed_everything(cfg.seed)
     scheduler = build_scheduler(optimizer, schedule=cfg.lr_schedule, total_steps=cfg.steps,
                                 warmup_steps=cfg.warmup_steps, min_ratio=cfg.min_lr_ratio)
-    run = RunState(run_dir, cfg, model, tokenizer, optimizer, scheduler, algorithm, logger)
+    precision = Precision.for_run(cfg.precision, model, optimizer)
+    run = RunState(run_dir, cfg, model, tokenizer, optimizer, scheduler, algorithm, logger, precision)
     start = run.start(resume)
     if run.loop.get("stopped") or (start >= cfg.steps and not run.loop.get("eval_pending")):
         warnings.warn(f"{run_dir}: the run is complete at step {start}; nothing to do (raise train.steps to train "
@@ -103,7 +105,7 @@ def _train(model, algorithm, optimizer, cfg, run_dir, tokenizer, logger, resume,
         for step in range(start + 1, cfg.steps + 1):
             run.snapshot(step - 1, eval_pending=False)
             try:
-                last = _one_step(model, algorithm, optimizer, scheduler, params, cfg, step)
+                last = _one_step(model, algorithm, optimizer, scheduler, params, cfg, step, precision)
             except StopTraining as stop:  # the algorithm has nothing left to learn: finish cleanly
                 optimizer.zero_grad(set_to_none=True)
                 logger.log({"step": step - 1, "stopped_early": str(stop)})
@@ -164,21 +166,24 @@ def _progress(cfg: LoopConfig, start: int):
     return tqdm(total=cfg.steps, initial=start, desc="train", unit="step", dynamic_ncols=True)
 
 
-def _one_step(model, algorithm: Algorithm, optimizer, scheduler, params, cfg: LoopConfig, step: int) -> dict:
+def _one_step(model, algorithm: Algorithm, optimizer, scheduler, params, cfg: LoopConfig, step: int,
+              precision: Precision) -> dict:
     t0 = time.perf_counter()
-    plan = plan_step(algorithm, model, cfg.grad_accum)
+    with precision.autocast():  # the sources' forwards (reference, rollouts) in the step's precision too
+        plan = plan_step(algorithm, model, cfg.grad_accum)
     model.train()
     units = step_units(plan)  # per term, summed over micro-batches (and ranks, there)
     if sum(units.values()) <= 0:
         raise TrainingError(f"step {step}: the batches hold no training units")
-    sums, metrics, tokens = _accumulate(model, plan, units, needs_create_graph(optimizer), step)
+    sums, metrics, tokens = _accumulate(model, plan, units, needs_create_graph(optimizer), step, precision)
     grad_norm = float("nan")
+    precision.unscale(optimizer)
     if cfg.max_grad_norm > 0:
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
-        if not math.isfinite(grad_norm):
+        if not math.isfinite(grad_norm) and precision.scaler is None:  # the fp16 scaler skips such a step
             raise TrainingError(f"non-finite gradient norm at step {step}; lower the learning rate")
     lr = optimizer.param_groups[0]["lr"]
-    optimizer.step()
+    precision.step(optimizer)
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     dt = time.perf_counter() - t0
@@ -190,11 +195,12 @@ def _one_step(model, algorithm: Algorithm, optimizer, scheduler, params, cfg: Lo
     if len(sums) > 1 or len(names) > 1:  # a multi-term recipe: each term's normalized loss too
         record.update({f"loss/{names.get(k, k)}": sums[k] / units[k] for k in sums})
     record.update(metrics)
+    record.update(precision.metrics())
     record.update(algorithm.step_metrics())
     return record
 
 
-def _accumulate(model, plan, units: dict[str, float], create_graph: bool, step: int):
+def _accumulate(model, plan, units: dict[str, float], create_graph: bool, step: int, precision: Precision):
     """Backward of every term of every micro-batch, each normalized by its own step units.
 
     Returns (per-term summed losses, unit-weighted metrics, tokens)."""
@@ -206,11 +212,12 @@ def _accumulate(model, plan, units: dict[str, float], create_graph: bool, step: 
         for item in micro:
             if units[item.key] <= 0:  # e.g. a mixture drew nothing for this term this step
                 continue
-            out = item.term.loss(model, item.batch)
+            with precision.autocast():
+                out = item.term.loss(model, item.batch)
             if not torch.isfinite(out.loss):
                 raise TrainingError(f"non-finite loss ({float(out.loss.detach())}) at step {step}, micro-batch {i}; "
                                     "lower the learning rate or check the data")
-            (item.weight * out.loss / units[item.key]).backward(create_graph=create_graph)
+            precision.backward(item.weight * out.loss / units[item.key], create_graph)
             sums[item.key] = sums.get(item.key, 0.0) + float(out.loss.detach())
             tokens += out.tokens
             share = item.term.units(item.batch) / units[item.key]

@@ -21,10 +21,11 @@ class RunState:
     """What the loop can save at any moment: ``safe`` is the newest state that a checkpoint of a
     completed step may hold (updated at the points where the loop's state is consistent)."""
 
-    def __init__(self, run_dir: Path, cfg, model, tokenizer, optimizer, scheduler, algorithm, logger):
+    def __init__(self, run_dir: Path, cfg, model, tokenizer, optimizer, scheduler, algorithm, logger, precision=None):
         self.run_dir, self.cfg = Path(run_dir), cfg
         self.model, self.tokenizer, self.optimizer = model, tokenizer, optimizer
         self.scheduler, self.algorithm, self.logger = scheduler, algorithm, logger
+        self.precision = precision  # its loss scaler's state (fp16-mixed) goes into every checkpoint
         self.run_id = uuid.uuid4().hex
         self.saved_step: int | None = None
         self.final: Path | None = None
@@ -51,6 +52,8 @@ class RunState:
         self.scheduler.load_state_dict(state["scheduler"])
         apply_current_lr(self.scheduler)
         self.algorithm.load_state_dict(state["algorithm"])
+        if self.precision is not None:
+            self.precision.load_state_dict(state.get("precision", {}))
         set_rng_state(state["rng"])
         self.loop = dict(state.get("loop", {}))
         self.run_id = read_manifest(ckpt).get("run_id") or self.run_id
@@ -73,6 +76,7 @@ class RunState:
     def save(self, step: int, *, stopped: bool = False) -> Path:
         """A regular checkpoint of the completed ``step`` (its evaluation, if any, done)."""
         return self._write(step, {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                                  "precision": self._precision_state(),
                                   "algorithm": self.algorithm.state_dict(),
                                   "loop": {"metrics_bytes": _tell(self.logger), "eval_pending": False,
                                            "stopped": stopped}})
@@ -84,8 +88,11 @@ class RunState:
         if safe is None or safe["step"] <= (self.saved_step or 0):
             return self.final
         state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                 **{k: v for k, v in safe.items() if k != "step"}}
+                 "precision": self._precision_state(), **{k: v for k, v in safe.items() if k != "step"}}
         return self._write(safe["step"], state)
+
+    def _precision_state(self) -> dict:
+        return self.precision.state_dict() if self.precision is not None else {}
 
 
 def _tell(logger) -> int | None:
