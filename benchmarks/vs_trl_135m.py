@@ -14,7 +14,8 @@ responses 32-128), GRPO 4 prompts x 4 samples x 64 new tokens. Phases, interleav
   trl_grpo_fp32      TRL fp32, no gradient checkpointing
   prefopt_grpo_bf16  prefopt grpo, bf16-mixed (rollouts under autocast too)
   prefopt_grpo_fp32  prefopt grpo, fp32
-  matmul_peak        bf16 and fp32 GFLOP/s of a 2048x2048 matmul at the phases' thread count
+  (matmul peaks)     bf16 and fp32 GFLOP/s of a 2048x2048 matmul at the phases' thread count, measured
+                     in the driver before and after the phases (median)
 
 Per phase: s/step (median of step intervals, the first step left out), real tokens/s (each
 prompt once), peak RSS, and the achieved FLOP/s as a fraction of both matmul peaks. FLOPs count
@@ -46,8 +47,8 @@ import vs_trl  # noqa: E402  (the inputs, phases and subprocess driver)
 
 LLAMA_135M = dict(hidden=576, layers=30, heads=9, kv_heads=3, inter=1536, vocab=49152)
 FULL = dict(LLAMA_135M, steps=5, batch=8, prompt=(32, 128), response=(32, 128), grpo_steps=3, grpo_batch=16,
-            grpo_prompt=(32, 128), new_tokens=64, rounds=1)
-QUICK = dict(vs_trl.QUICK, kv_heads=1, grpo_batch=8, rounds=1)
+            grpo_prompt=(32, 128), new_tokens=64, rounds=1, peak_n=2048)
+QUICK = dict(vs_trl.QUICK, kv_heads=1, grpo_batch=8, rounds=1, peak_n=512)
 
 TRL_DEFAULT = {"precision": "bf16-mixed", "gradient_checkpointing": True}  # DPOConfig/GRPOConfig defaults on CPU
 # phase -> (vs_trl base phase, settings it runs with)
@@ -173,7 +174,7 @@ def main(argv=None) -> int:
     t0, load_start = time.perf_counter(), os.getloadavg()
     info = vs_trl.build_inputs(work, s)
     results: dict[str, list[dict]] = {n: [] for n in names}
-    peaks = [matmul_peak(threads)]
+    peaks = [matmul_peak(threads, s["peak_n"])]
     for r in range(s["rounds"]):
         for name in names if r % 2 == 0 else names[::-1]:
             base, over = PHASES[name]
@@ -181,7 +182,7 @@ def main(argv=None) -> int:
             results[name].append(res)
             msg = res["error"].splitlines()[0] if "error" in res else f"{statistics.median(res['step_s'] or [0]):.2f} s/step"
             print(f"[round {r + 1}] {name}: {msg}", flush=True)
-    peaks.append(matmul_peak(threads))
+    peaks.append(matmul_peak(threads, s["peak_n"]))
     summary = summarize(results, info, s, peaks)
     report = {"settings": s, "inputs": {k: v for k, v in info.items() if k != "step_tokens"},
               "versions": vs_trl.versions(),

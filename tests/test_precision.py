@@ -164,10 +164,13 @@ def test_bad_precision_is_one_line_before_any_work(precision, supported, dtype, 
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
-def test_this_cpu_reports_fp16_honestly():
-    """oneDNN's own check decides: no emulated fp16 (10-100x slower) passes for supported."""
-    assert prec.hardware_supports(torch.float16, "cpu") == bool(torch.ops.mkldnn._is_mkldnn_fp16_supported())
-    assert prec.hardware_supports(torch.float32, "cpu")
+@pytest.mark.skipif(torch.ops.mkldnn._is_mkldnn_fp16_supported(), reason="this CPU runs fp16 natively")
+def test_fp16_on_this_cpu_is_refused_for_real():
+    """No monkeypatch: a CPU without native fp16 (emulated it is 100x slower than fp32) refuses it."""
+    cfg = TrainConfig()
+    cfg.train.precision = "fp16-mixed"
+    with pytest.raises(ConfigError, match="it has no fp16 support"):
+        check_config(cfg)
 
 
 def test_fp16_mixed_run_checkpoints_and_resumes_its_loss_scale(tmp_path, reviews_tokenizer, monkeypatch):
@@ -196,3 +199,18 @@ def test_fp16_mixed_run_checkpoints_and_resumes_its_loss_scale(tmp_path, reviews
     train(model, _sft(reviews_tokenizer, n=12, batch_size=1), torch.optim.AdamW(model.parameters(), lr=1e-3),
           LoopConfig(**{**cfg, "steps": 3}), tmp_path, resume=True)
     assert seen == state
+
+
+@needs_bf16
+@pytest.mark.parametrize("algo", ["grpo", "ppo", "online_dpo", "hypo"])
+def test_bf16_mixed_runs_online_and_hybrid_recipes(algo, tmp_path, one_thread):  # noqa: F811
+    """Sources (rollouts, reference, value model) and terms under one autocast: every recipe family trains."""
+    import test_hybrid
+    import test_online_algorithms
+
+    from prefopt.cli.run import run_train
+
+    make = test_hybrid._cfg if algo == "hypo" else test_online_algorithms._cfg
+    out = run_train(make(tmp_path, algo, train__precision="bf16-mixed"))
+    losses = _losses(out)
+    assert len(losses) == 2 and all(map(lambda x: x == x, losses))
