@@ -12,6 +12,7 @@ from prefopt.rollout.engine import SamplingConfig
 from prefopt.train.online_config import OnlineConfig
 from prefopt.train.hybrid_config import HypoConfig, MixConfig, ResetConfig
 from prefopt.train.presets import OPTIONAL_SECTIONS, algo_help, check_sections
+from prefopt.train.recipe_config import PartSpec, check_recipe
 
 
 @dataclass
@@ -105,6 +106,9 @@ class TrainConfig:
         "HyPO (algo.name: hypo): the online reverse-KL term's λ, samples per prompt and prompts per step.")})
     reset: ResetConfig = field(default_factory=ResetConfig, metadata={"help": (
         "DR-PO dataset resets (algo.name: drpo): reset probability, response column, policy-gradient optimizer.")})
+    recipe: list[PartSpec] = field(default_factory=list, metadata={"help": (
+        "A recipe written directly (algo.name: recipe): parts [{source: {name, ...}, terms: [{name, weight, ...}]}] "
+        "(docs/hybrid.md).")})
     output_dir: str = field(default="runs", metadata={"help": "Runs are written to <output_dir>/<run_name>."})
     run_name: str | None = field(default=None, metadata={"help": "Run folder name; default '<algo>-<timestamp>'."})
 
@@ -112,3 +116,4 @@ class TrainConfig:
         """A section the chosen algorithm does not read, set to anything but its defaults, is an error."""
         check_sections(self.algo.name, {name: getattr(self, name) != type(getattr(self, name))()
                                         for name in OPTIONAL_SECTIONS})
+        check_recipe(self.recipe, self.algo.name)

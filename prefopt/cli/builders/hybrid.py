@@ -73,7 +73,7 @@ def _reset_rows(cfg: TrainConfig) -> list[dict]:
 
 
 @register("drpo")
-def build_drpo(cfg: TrainConfig, model, tokenizer):
+def build_drpo(cfg: TrainConfig, model, tokenizer, make_reference=None):
     """Dataset resets (DR-PO) under ppo (default), rloo or grpo."""
     import dataclasses
 
@@ -92,21 +92,24 @@ def build_drpo(cfg: TrainConfig, model, tokenizer):
                             max_prompt_tokens=limit)
 
     return policy_gradient_recipe(pg_cfg, model, tokenizer, prompts=([prompt_text(tokenizer, p) for p in prompts],
-                                                                      prompts), draw=draw, name="drpo")
+                                                                      prompts), draw=draw, name="drpo",
+                                  make_reference=make_reference)
 
 
 # --------------------------------------------------------------------------- mixtures
-def mixture_offline_source(cfg: TrainConfig, tokenizer, kind: str):
-    """The ``mix.path`` rows as a dataset source of ``kind`` ('pairs' or 'sequences')."""
+def mixture_offline_source(cfg: TrainConfig, tokenizer, kind: str, path: str | None = None, key: str = "mix.path"):
+    """The rows of ``path`` (default ``mix.path``) as a dataset source of ``kind`` ('pairs' or 'sequences');
+    ``key`` names the setting in errors."""
     from prefopt.train.sources.offline import DatasetSource
 
     _prepare_tokenizer(cfg, tokenizer)
+    path = path or cfg.mix.path
     schema = "pairwise" if kind == "pairs" else None
     if schema is None:
         from prefopt.data.loaders import detect_schema, read_records
-        first = read_records(cfg.mix.path, fmt=cfg.data.format).rows[:1]
+        first = read_records(path, fmt=cfg.data.format).rows[:1]
         schema = "pairwise" if first and detect_schema(first[0]) == "pairwise" else "sft"
-    rows, _, source = _load(cfg, cfg.mix.path, None, schema)
+    rows, _, source = _load(cfg, path, None, schema)
     pad = tokenizer.pad_token_id
     if kind == "pairs":
         enc, _ = encode_pairwise(tokenizer, rows, source=source, **_lengths(cfg))
@@ -117,14 +120,15 @@ def mixture_offline_source(cfg: TrainConfig, tokenizer, kind: str):
         enc, _ = encode_sft(tokenizer, rows, source=source, **_lengths(cfg))
         collate = lambda b: collate_sequences([(r.prompt_ids, r.response_ids) for r in b], pad)  # noqa: E731
     if not enc:
-        raise ConfigError(f"mix.path: the offline source of the mixture is empty ({source})")
+        raise ConfigError(f"{key}: the offline source of the mixture is empty ({source})")
     return DatasetSource(enc, collate, kind=kind, batch_size=cfg.train.batch_size, seed=cfg.train.seed + 1,
                          shuffle=True)
 
 
-def mixture_ratio(cfg: TrainConfig):
+def mixture_ratio(cfg: TrainConfig, m=None):
+    """ρ(step) per ``m`` (anything with schedule, start, end, horizon; default the ``mix`` section)."""
     from prefopt.train.schedule import ratio_at
-    m = cfg.mix
+    m = m or cfg.mix
     end = m.start if m.end is None else m.end
     horizon = m.horizon or cfg.train.steps
     return lambda step: ratio_at(step, schedule=m.schedule, start=m.start, end=end, horizon=horizon)

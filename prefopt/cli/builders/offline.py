@@ -100,10 +100,12 @@ def encode_pair_data(cfg: TrainConfig, tokenizer) -> tuple[list, list, dict, lis
 
 
 # --------------------------------------------------------------------------- reference
-def build_reference(cfg: TrainConfig, model, *, needs_reference: bool, loss_name: str, precompute=None):
+def build_reference(cfg: TrainConfig, model, *, needs_reference: bool, loss_name: str, precompute=None,
+                    make_reference=None):
     """(reference module or None, precomputed store or None, stats) per ``algo.reference``.
 
-    ``precompute(model)`` returns the PrecomputedReference for 'precomputed'.
+    ``precompute(model)`` returns the PrecomputedReference for 'precomputed'; ``make_reference(kind, model)``
+    makes the module (default :func:`prefopt.models.reference.reference_module`; a recipe shares one).
     """
     from prefopt.models.reference import reference_module
 
@@ -128,7 +130,7 @@ def build_reference(cfg: TrainConfig, model, *, needs_reference: bool, loss_name
         return None, store, {"reference/precomputed_examples": len(store),
                              "reference/cache_hit": float(store.from_cache),
                              "reference/precompute_seconds": store.seconds}
-    return reference_module(kind, model), None, {}
+    return (make_reference or reference_module)(kind, model), None, {}
 
 
 def resolve_loss(cfg: TrainConfig):
@@ -193,7 +195,7 @@ def _rows_sft(cfg: TrainConfig):
 
 
 @register("dpo")
-def build_pairwise(cfg: TrainConfig, model, tokenizer) -> tuple[Algorithm, dict]:
+def build_pairwise(cfg: TrainConfig, model, tokenizer, make_reference=None) -> tuple[Algorithm, dict]:
     """Any pairwise loss (``algo.loss``) or weighted combination (``algo.loss_weights``)."""
     from prefopt.models.reference import pair_reference_logps
     from prefopt.train.algorithms.preference import PairwisePreference, pair_logps
@@ -204,7 +206,8 @@ def build_pairwise(cfg: TrainConfig, model, tokenizer) -> tuple[Algorithm, dict]
     reference, store, ref_stats = build_reference(
         cfg, model, needs_reference=not getattr(loss_fn, "reference_free", False), loss_name=loss_name,
         precompute=lambda m: pair_reference_logps(m, tr + ev, pad, cfg.train.batch_size, pair_logps=functools.partial(
-            pair_logps, prefix_sharing=cfg.perf.prefix_sharing, padding_free=cfg.perf.padding_free)))
+            pair_logps, prefix_sharing=cfg.perf.prefix_sharing, padding_free=cfg.perf.padding_free)),
+        make_reference=make_reference)
     stats.update(ref_stats)
     algo = PairwisePreference(tr, ev, loss_fn=loss_fn, beta=cfg.algo.beta, hparams=hparams, pad_id=pad,
                               batch_size=cfg.train.batch_size, reference=reference, seed=cfg.train.seed,
@@ -215,7 +218,7 @@ def build_pairwise(cfg: TrainConfig, model, tokenizer) -> tuple[Algorithm, dict]
 
 
 @register("kto")
-def build_kto(cfg: TrainConfig, model, tokenizer) -> tuple[Algorithm, dict]:
+def build_kto(cfg: TrainConfig, model, tokenizer, make_reference=None) -> tuple[Algorithm, dict]:
     """KTO on (prompt, completion, label) rows, or on pairs split into desirable/undesirable."""
     from prefopt.models.reference import feedback_reference_logps
     from prefopt.train.algorithms.kto import KTO
@@ -247,7 +250,8 @@ def build_kto(cfg: TrainConfig, model, tokenizer) -> tuple[Algorithm, dict]:
     pad = tokenizer.pad_token_id
     reference, store, ref_stats = build_reference(
         cfg, model, needs_reference=True, loss_name="kto",
-        precompute=lambda m: feedback_reference_logps(m, tr + ev, pad, cfg.train.batch_size))
+        precompute=lambda m: feedback_reference_logps(m, tr + ev, pad, cfg.train.batch_size),
+        make_reference=make_reference)
     stats.update(ref_stats)
     algo = KTO(tr, ev, beta=cfg.algo.beta, pad_id=pad, batch_size=cfg.train.batch_size, reference=reference,
                ref_store=store, desirable_weight=dw, undesirable_weight=uw, seed=cfg.train.seed,
