@@ -53,6 +53,9 @@ REPRODUCED = {
             ["algo.name=recipe", "recipe=[{source: {name: pairs}, terms: [{name: pairwise}]}]"]),
     "grpo+sft": ("configs/online/grpo_reviews.yaml", ONLINE + GRPO_SFT_MIX,
                  ONLINE + ["algo.name=recipe", GRPO_SFT_RECIPE]),
+    "reward_model": ("configs/offline/reward_model.yaml", ["reward.ensemble_size=2", "reward.bootstrap=true"],
+                     ["reward.ensemble_size=2", "reward.bootstrap=true", "algo.name=recipe",
+                      "recipe=[{source: {name: reward_pairs}, terms: [{name: bradley_terry}]}]"]),
     "online_dpo+pairs": ("configs/online/online_dpo_reviews.yaml",
                          ONLINE + ["mix.path=PAIRS", "mix.term=pairwise", "mix.start=0.25"],
                          ONLINE + ["algo.name=recipe", ONLINE_DPO_RECIPE]),
@@ -101,6 +104,8 @@ BAD = [
     (_parts({"source": {"name": "rollouts", "reset_prob": 1.5}, "terms": [{"name": "policy_gradient"}]}),
      r"recipe\[0\].source: reset_prob: got 1.5, expected a fraction"),
     ({"algo": {"name": "recipe"}}, r"recipe: algo.name 'recipe' needs a recipe section"),
+    (_parts(PAIRS_DPO, {"source": {"name": "reward_pairs"}, "terms": [{"name": "bradley_terry"}]}),
+     r"recipe: term 'bradley_terry' trains a reward model, the other terms train the policy"),
     ({"algo": {"name": "dpo"}, "recipe": [PAIRS_DPO]}, r"recipe: algo.name 'dpo' does not read the 'recipe' section"),
     ({**_parts(PAIRS_DPO), "mix": {"path": "x.jsonl"}}, r"mix: algo.name 'recipe' does not read the 'mix' section"),
 ]
@@ -172,3 +177,16 @@ def test_each_hybrid_config_trains_two_steps(path, tmp_path):
     if name == "recipe":  # the logged total is Σ_k w_k · loss_k of the terms' own normalized losses
         weights = [t.get("weight", 1.0) for part in data["recipe"] for t in part["terms"]]
         assert rows[-1]["loss"] == pytest.approx(sum(w * v for w, v in zip(weights, terms.values())), rel=1e-6)
+
+
+def test_an_sft_source_on_a_pairs_file_trains_on_the_chosen_responses(tmp_path):
+    rows = [r for r in read_metrics(run_train(load_config(TrainConfig, None, base_config(
+        write_jsonl(tmp_path / "pairs.jsonl", lab_pairs(16)), tmp_path) + [
+        "algo.name=recipe", "recipe=[{source: {name: sft}, terms: [{name: sft}]}, "
+        "{source: {name: pairs}, terms: [{name: pairwise, loss: simpo, beta: 2.0}]}]", "algo.reference=none",
+        "run_name=sft_pairs"])).run_dir / "metrics.jsonl")]
+    steps = [r for r in rows if "loss" in r]
+    assert len(steps) == 2 and {"loss/sft", "loss/simpo", "sft/nll", "rewards/accuracy"} <= set(steps[0])
+    assert steps[0]["loss"] == pytest.approx(steps[0]["loss/sft"] + steps[0]["loss/simpo"], rel=1e-6)
+    final = [r for r in rows if "eval/loss" in r][-1]  # both parts evaluate; the second's clashing keys are prefixed
+    assert "eval/part1/loss" in final and "eval/rewards/accuracy" in final

@@ -64,7 +64,7 @@ _TABLE = [
     Preset("drpo", "drpo", "dataset resets: rollouts from prompt + offline-response prefixes, ppo/rloo/grpo",
            ONLINE_SECTIONS + ("reset",), online=True),
     Preset("recipe", "recipe", "sources × weighted terms written in YAML (the recipe section)",
-           ONLINE_SECTIONS + ("recipe",)),
+           ONLINE_SECTIONS + ("recipe", "reward")),
 ]
 PRESETS: dict[str, Preset] = {p.name: p for p in _TABLE}
 # Every top-level section some algorithm may ignore (the rest are read by all).

@@ -47,6 +47,8 @@ SOURCES: dict[str, Entry] = {
                      ("path", "num_samples", "prompts_per_step")),
     "mixture": Entry((), "an online source plus an offline one, a fraction ρ(t) of each step's examples offline",
                      ("online", "offline", "schedule", "start", "end", "horizon")),
+    "reward_pairs": Entry(("reward_pairs",), "offline pairs for the k members of a reward model (the reward section: "
+                          "ensemble size and kind, bootstrap)", ("path",)),
 }
 MIXTURE_ONLINE = ("rollouts", "online_pairs")
 MIXTURE_OFFLINE = ("pairs", "sft")
@@ -59,7 +61,10 @@ TERMS: dict[str, Entry] = {
     "policy_gradient": Entry(("rollout",), "the clipped policy-gradient loss of the rollouts' rl preset (+ KL, "
                              "value loss)"),
     "online_kl": Entry(("samples",), "on-policy reverse KL E_{y~π}[log π - log π_ref] (leave-one-out baseline)"),
+    "bradley_terry": Entry(("reward_pairs",), "Bradley-Terry reward-model loss (the trained model is then a reward "
+                           "model, reward.* settings)"),
 }
+REWARD_TERMS = ("bradley_terry",)  # they train a reward model, not the policy
 SOURCE_NAMES = tuple(SOURCES)
 TERM_NAMES = tuple(TERMS)
 PG_NAMES = names("policy_gradient")
@@ -185,6 +190,10 @@ class PartSpec:
 def check_recipe(parts: list[PartSpec], algo_name: str) -> None:
     """``algo.name: recipe`` needs parts; a recipe section with another algo.name is caught by the
     presets' section check."""
+    trains = {t.name in REWARD_TERMS for p in parts for t in p.terms}
+    if len(trains) > 1:
+        raise ConfigError("recipe: term 'bradley_terry' trains a reward model, the other terms train the policy; "
+                          "one recipe trains one model (give them separate runs)")
     if algo_name == "recipe" and not parts:
         raise ConfigError("recipe: algo.name 'recipe' needs a recipe section: a list of parts "
                          "[{source: {name: ...}, terms: [{name: ..., weight: ...}]}] (see docs/hybrid.md)")

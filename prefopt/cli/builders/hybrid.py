@@ -5,7 +5,8 @@ from __future__ import annotations
 import functools
 
 from prefopt.cli.builders import register
-from prefopt.cli.builders.offline import _load, _prepare_tokenizer, _rows, encode_pair_data, resolve_loss
+from prefopt.cli.builders.offline import (_load, _prepare_tokenizer, _rows, encode_pair_data, load_sft_rows,
+                                          resolve_loss)
 from prefopt.cli.builders.online import _experience_from, _max_prompt_length, _reference, _task
 from prefopt.data.prepare import encode_pairwise, encode_sft
 from prefopt.data.tokenize import collate_pairs, collate_sequences, encode_text
@@ -104,19 +105,13 @@ def mixture_offline_source(cfg: TrainConfig, tokenizer, kind: str, path: str | N
 
     _prepare_tokenizer(cfg, tokenizer)
     path = path or cfg.mix.path
-    schema = "pairwise" if kind == "pairs" else None
-    if schema is None:
-        from prefopt.data.loaders import detect_schema, read_records
-        first = read_records(path, fmt=cfg.data.format).rows[:1]
-        schema = "pairwise" if first and detect_schema(first[0]) == "pairwise" else "sft"
-    rows, _, source = _load(cfg, path, None, schema)
     pad = tokenizer.pad_token_id
     if kind == "pairs":
+        rows, _, source = _load(cfg, path, None, "pairwise")
         enc, _ = encode_pairwise(tokenizer, rows, source=source, **_lengths(cfg))
         collate = lambda b: collate_pairs(b, pad)  # noqa: E731
     else:
-        if schema == "pairwise":
-            rows = [{"prompt": r["prompt"], "completion": r["chosen"]} for r in rows]
+        rows, _, source = load_sft_rows(cfg, path, None, chosen_of_pairs=True)
         enc, _ = encode_sft(tokenizer, rows, source=source, **_lengths(cfg))
         collate = lambda b: collate_sequences([(r.prompt_ids, r.response_ids) for r in b], pad)  # noqa: E731
     if not enc:

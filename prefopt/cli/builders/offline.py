@@ -161,13 +161,14 @@ def resolve_loss(cfg: TrainConfig):
 
 # --------------------------------------------------------------------------- builders
 @register("sft")
-def build_sft(cfg: TrainConfig, model, tokenizer) -> tuple[Algorithm, dict]:
+def build_sft(cfg: TrainConfig, model, tokenizer, chosen_of_pairs: bool = False) -> tuple[Algorithm, dict]:
+    """SFT on data.path rows (with ``chosen_of_pairs``: a pairs file's chosen responses) or the lab corpus."""
     from prefopt.train.algorithms.sft import SFT
 
     _prepare_tokenizer(cfg, tokenizer)
     stats: dict = {}
     if cfg.data.path:
-        train_rows, eval_rows, stats, src, ev_src = _rows_sft(cfg)
+        train_rows, eval_rows, stats, src, ev_src = _rows_sft(cfg, chosen_of_pairs)
     elif cfg.data.task:
         task = get_task(cfg.data.task, **cfg.data.task_options)
         to_rows = lambda pairs: [{"prompt": p, "completion": r} for p, r in pairs]  # noqa: E731
@@ -184,11 +185,23 @@ def build_sft(cfg: TrainConfig, model, tokenizer) -> tuple[Algorithm, dict]:
                shuffle=cfg.data.shuffle, padding_free=cfg.perf.padding_free), stats
 
 
-def _rows_sft(cfg: TrainConfig):
+def load_sft_rows(cfg: TrainConfig, path: str, split: str | None, chosen_of_pairs: bool = False):
+    """(rows, stats, source) of SFT rows; with ``chosen_of_pairs`` a pairs file gives its chosen responses."""
+    if chosen_of_pairs:
+        first = apply_columns(read_records(path, fmt=cfg.data.format, split=split), cfg.data.columns,
+                              cfg.data.score_columns).rows[:1]
+        if first and detect_schema(first[0]) == "pairwise":
+            rows, stats, source = _load(cfg, path, split, "pairwise")
+            return [{"prompt": r["prompt"], "completion": r["chosen"]} for r in rows], stats, source
+    return _load(cfg, path, split, "sft")
+
+
+def _rows_sft(cfg: TrainConfig, chosen_of_pairs: bool = False):
     d = cfg.data
-    rows, stats, source = _load(cfg, d.path, d.split, "sft")
+    rows, stats, source = load_sft_rows(cfg, d.path, d.split, chosen_of_pairs)
     if d.eval_path or d.eval_split:
-        ev, _, ev_source = _load(cfg, d.eval_path or d.path, d.eval_split if not d.eval_path else None, "sft")
+        ev, _, ev_source = load_sft_rows(cfg, d.eval_path or d.path, d.eval_split if not d.eval_path else None,
+                                         chosen_of_pairs)
         return rows, ev, stats, source, ev_source
     n_eval = min(d.eval_examples, len(rows) // 10)
     return rows[n_eval:], rows[:n_eval], stats, source, f"{source} (held-out slice)"

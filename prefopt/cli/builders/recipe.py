@@ -99,7 +99,7 @@ def _feedback(ctx: Context, spec: SourceSpec, terms: list[TermSpec]) -> Built:
 
 def _sft(ctx: Context, spec: SourceSpec, terms: list[TermSpec]) -> Built:
     from prefopt.cli.builders.offline import build_sft
-    algo, stats = build_sft(ctx.patched(spec), ctx.model, ctx.tokenizer)
+    algo, stats = build_sft(ctx.patched(spec), ctx.model, ctx.tokenizer, chosen_of_pairs=True)
     return _from_preset(algo, stats, _first(terms, "sft"), kind="sequences")
 
 
@@ -159,9 +159,15 @@ def _mixture(ctx: Context, spec: SourceSpec, terms: list[TermSpec]) -> Built:
     return dataclasses.replace(online, source=mixture, producers={**online.producers, kind: offline})
 
 
+def _reward_pairs(ctx: Context, spec: SourceSpec, terms: list[TermSpec]) -> Built:
+    from prefopt.cli.builders.offline import build_reward_model_algo
+    algo, stats = build_reward_model_algo(ctx.patched(spec), ctx.model, ctx.tokenizer)
+    return _from_preset(algo, stats, _first(terms, "bradley_terry"), kind="reward_pairs")
+
+
 SOURCE_BUILDERS: dict[str, Callable[[Context, SourceSpec, list[TermSpec]], Built]] = {
     "pairs": _pairs, "feedback": _feedback, "sft": _sft, "rollouts": _rollouts, "online_pairs": _online_pairs,
-    "samples": _samples, "mixture": _mixture,
+    "samples": _samples, "mixture": _mixture, "reward_pairs": _reward_pairs,
 }
 
 
@@ -199,50 +205,68 @@ def _online_kl_term(ctx: Context, spec: TermSpec, built: Built):
     return OnlineKLTerm(pad_id=ctx.pad, **ctx.perf)
 
 
+def _bradley_terry_term(ctx: Context, spec: TermSpec, built: Built):
+    from prefopt.train.terms.reward import BradleyTerryTerm
+    source = built.producers["reward_pairs"]
+    return BradleyTerryTerm(pad_id=ctx.pad, margin=ctx.cfg.reward.margin, head_weights=source.head_weights)
+
+
 TERM_BUILDERS: dict[str, Callable[[Context, TermSpec, Built], Any]] = {
     "pairwise": _pairwise_term, "kto": _kto_term, "sft": _sft_term, "policy_gradient": _pg_term,
-    "online_kl": _online_kl_term,
+    "online_kl": _online_kl_term, "bradley_terry": _bradley_terry_term,
 }
 assert set(TERM_BUILDERS) == set(TERMS), "every recipe term name needs a builder"
 
 
 # --------------------------------------------------------------------------- the recipe
-def _merged_evaluation(evaluations: list[Callable]) -> Callable | None:
-    """One ``model -> metrics`` over the parts' evaluations; a clashing key of a later part is prefixed."""
+def _merged_evaluation(evaluations: dict[int, Callable]) -> Callable | None:
+    """One ``model -> metrics`` over the parts' evaluations (by part index); a clashing key of a later
+    part is prefixed ``part<i>/``."""
     if not evaluations:
         return None
 
     def evaluate(model) -> dict:
         out: dict = {}
-        for i, fn in enumerate(evaluations):
+        for i, fn in evaluations.items():
             for k, v in fn(model).items():
                 out[k if k not in out else f"part{i}/{k}"] = v
         return out
     return evaluate
 
 
-@register("recipe")
+def recipe_model(cfg: TrainConfig, tokenizer):
+    """The model a recipe trains: a reward model when its terms are reward-model terms, else the policy."""
+    from prefopt.cli.builders.offline import build_reward_model_net
+    from prefopt.models.lora import load_policy
+    from prefopt.train.recipe_config import REWARD_TERMS
+
+    if any(t.name in REWARD_TERMS for p in cfg.recipe for t in p.terms):
+        return build_reward_model_net(cfg, tokenizer)
+    return load_policy(cfg, tokenizer)
+
+
+@register("recipe", model_builder=recipe_model)
 def build_recipe(cfg: TrainConfig, model, tokenizer):
     """The parts of the ``recipe`` section, in order, on one shared reference."""
-    from prefopt.train.recipe import Recipe
+    from prefopt.train.recipe import Part, Recipe
 
     ctx = Context(cfg, model, tokenizer)
-    parts, evaluations, stats, extra = [], [], {}, {}
-    for spec in cfg.recipe:
-        parts.append(_part(ctx, spec, evaluations, stats, extra))
+    parts, evaluations, stats, extra = [], {}, {}, {}
+    for i, spec in enumerate(cfg.recipe):
+        built, terms = _part(ctx, spec)
+        parts.append(Part(built.source, terms))
+        if built.evaluate is not None:
+            evaluations[i] = built.evaluate
+        stats.update(built.stats)
+        extra.update(built.extra_state)
     recipe = Recipe(parts, name="recipe", evaluate=_merged_evaluation(evaluations))
     recipe.extra_state.update(extra)
     return recipe, stats
 
 
-def _part(ctx: Context, spec: PartSpec, evaluations: list, stats: dict, extra: dict):
-    from prefopt.train.recipe import Part
-
+def _part(ctx: Context, spec: PartSpec) -> tuple[Built, list]:
+    """The part's built source and its (term, weight) list: the preset's own terms, the rest made here."""
     built = SOURCE_BUILDERS[spec.source.name](ctx, spec.source, spec.terms)
     terms = [(built.terms[i] if i in built.terms else TERM_BUILDERS[t.name](ctx, t, built), t.weight)
              for i, t in enumerate(spec.terms)]
-    if built.evaluate is not None:
-        evaluations.append(built.evaluate)
-    stats.update(built.stats)
-    extra.update(built.extra_state)
-    return Part(built.source, terms)
+    return built, terms
