@@ -70,18 +70,13 @@ TERM_NAMES = tuple(TERMS)
 PG_NAMES = names("policy_gradient")
 
 
-def _unread(spec, reads: tuple[str, ...], what: str) -> None:
+def _unread(spec, reads: tuple[str, ...], what: str, prefix: str) -> None:
     """A field set (not at its default) that ``what`` does not read is an error."""
     default = type(spec)()
     for f in fields(spec):
         if f.name not in reads + ("name", "weight") and getattr(spec, f.name) != getattr(default, f.name):
             readers = [n for n, e in (SOURCES if isinstance(spec, SourceSpec) else TERMS).items() if f.name in e.reads]
-            raise ValueError(f"{f.name}: {what} does not read it (read by: {', '.join(readers)})")
-
-
-def _fraction(key: str, value: float | None) -> None:
-    if value is not None and not 0.0 <= value <= 1.0:
-        raise ValueError(f"{key}: got {value}, expected a fraction in [0, 1]")
+            raise ConfigError(f"{prefix}{f.name}: {what} does not read it (read by: {', '.join(readers)})")
 
 
 @dataclass
@@ -95,44 +90,38 @@ class SourceSpec:
         "rollouts: the policy-gradient preset whose defaults apply under online.* (default grpo).")})
     reset_prob: float = field(default=0.0, metadata={"help": (
         "rollouts: probability that a rollout starts from the prompt plus a prefix of an offline response "
-        "(DR-PO dataset resets; the responses are path's chosen / completion column). 0 = no resets.")})
+        "(DR-PO dataset resets; the responses are path's chosen / completion column). 0 = no resets."),
+        "min": 0, "max": 1})
     reset_column: Literal["auto", "chosen", "completion"] = field(default="auto", metadata={"help": (
         "rollouts with resets: the offline response column the prefix is cut from.")})
-    num_samples: int | None = field(default=None, metadata={"help": "samples: k samples per prompt (>= 2; default 4)."})
+    num_samples: int | None = field(default=None, metadata={"help": (
+        "samples: k samples per prompt (>= 2: the leave-one-out baseline compares them; default 4)."), "min": 2})
     prompts_per_step: int | None = field(default=None, metadata={"help": (
-        "Online prompts per step (default: online.prompts_per_step; samples: 4). Inside a mixture the mixture sets it.")})
+        "Online prompts per step (default: online.prompts_per_step; samples: 4). Inside a mixture the mixture sets it."),
+        "min": 1})
     online: SourceSpec | None = field(default=None, metadata={"help": (
         f"mixture: the online source ({', '.join(MIXTURE_ONLINE)}).")})
     offline: SourceSpec | None = field(default=None, metadata={"help": (
         f"mixture: the offline source ({', '.join(MIXTURE_OFFLINE)}).")})
     schedule: Literal[RATIO_SCHEDULES] = field(default="constant", metadata={"help": (
         "mixture: how ρ(t), the offline fraction, moves from start to end over horizon steps.")})
-    start: float = field(default=0.5, metadata={"help": "mixture: ρ at step 0."})
-    end: float | None = field(default=None, metadata={"help": "mixture: ρ at the horizon (null = start)."})
-    horizon: int = field(default=0, metadata={"help": "mixture: steps over which ρ moves (0 = train.steps)."})
+    start: float = field(default=0.5, metadata={"help": "mixture: ρ at step 0.", "min": 0, "max": 1})
+    end: float | None = field(default=None, metadata={"help": "mixture: ρ at the horizon (null = start).",
+                                                      "min": 0, "max": 1})
+    horizon: int = field(default=0, metadata={"help": "mixture: steps over which ρ moves (0 = train.steps).", "min": 0})
 
-    def validate(self) -> None:
+    def validate(self, prefix: str = "") -> None:
         if not self.name:
-            raise ValueError(f"name: give the source's name, one of {', '.join(SOURCE_NAMES)}")
-        _unread(self, SOURCES[self.name].reads, f"source '{self.name}'")
-        _fraction("reset_prob", self.reset_prob)
-        if self.num_samples is not None and self.num_samples < 2:
-            raise ValueError(f"num_samples: got {self.num_samples}, expected >= 2 (leave-one-out baseline)")
-        if self.prompts_per_step is not None and self.prompts_per_step < 1:
-            raise ValueError(f"prompts_per_step: got {self.prompts_per_step}, expected >= 1")
-        if self.name == "mixture":
-            self._validate_mixture()
-
-    def _validate_mixture(self) -> None:
+            raise ConfigError(f"{prefix}name: give the source's name, one of {', '.join(SOURCE_NAMES)}")
+        _unread(self, SOURCES[self.name].reads, f"source '{self.name}'", prefix)
+        if self.name != "mixture":
+            return
         for key, allowed in (("online", MIXTURE_ONLINE), ("offline", MIXTURE_OFFLINE)):
             sub = getattr(self, key)
             if sub is None or sub.name not in allowed:
                 got = "nothing" if sub is None else f"'{sub.name}'"
-                raise ValueError(f"{key}: a mixture needs an {key} source, one of {', '.join(allowed)} (got {got})")
-        _fraction("start", self.start)
-        _fraction("end", self.end)
-        if self.horizon < 0:
-            raise ValueError(f"horizon: got {self.horizon}, expected >= 0")
+                raise ConfigError(f"{prefix}{key}: a mixture needs an {key} source, one of {', '.join(allowed)} "
+                                  f"(got {got})")
 
     def kinds(self) -> tuple[str, ...]:
         """The batch kinds this source makes (a mixture: both of its sources')."""
@@ -146,7 +135,8 @@ class TermSpec:
     name: Literal[TERM_NAMES] = field(default="", metadata={"help": (
         "The loss term: " + "; ".join(f"{n} ({e.kinds[0]} batches): {e.summary}" for n, e in TERMS.items()) + ".")})
     weight: float = field(default=1.0, metadata={"help": (
-        "w_k of loss = Σ_k w_k · (Σ_micro sum_k) / (Σ_micro units_k): each term is normalized by its own units.")})
+        "w_k of loss = Σ_k w_k · (Σ_micro sum_k) / (Σ_micro units_k): each term is normalized by its own units."),
+        "min": 0})
     loss: str | None = field(default=None, metadata={"help": "pairwise: the pairwise loss (default algo.loss)."})
     beta: float | None = field(default=None, metadata={"help": "pairwise, kto: β (default algo.beta)."})
     loss_hparams: dict | None = field(default=None, metadata={"help": "pairwise: the loss's hyper-parameters (default algo.loss_hparams)."})
@@ -154,12 +144,10 @@ class TermSpec:
     desirable_weight: float | None = field(default=None, metadata={"help": "kto: weight of desirable examples (default 1)."})
     undesirable_weight: float | None = field(default=None, metadata={"help": "kto: weight of undesirable examples (default 1)."})
 
-    def validate(self) -> None:
+    def validate(self, prefix: str = "") -> None:
         if not self.name:
-            raise ValueError(f"name: give the term's name, one of {', '.join(TERM_NAMES)}")
-        _unread(self, TERMS[self.name].reads, f"term '{self.name}'")
-        if self.weight < 0:
-            raise ValueError(f"weight: got {self.weight}, expected >= 0")
+            raise ConfigError(f"{prefix}name: give the term's name, one of {', '.join(TERM_NAMES)}")
+        _unread(self, TERMS[self.name].reads, f"term '{self.name}'", prefix)
 
 
 def _makers(kind: str) -> str:
@@ -172,17 +160,17 @@ class PartSpec:
     terms: list[TermSpec] = field(default_factory=list, metadata={"help": (
         "The terms trained on its batches, each {name, weight, ...}.")})
 
-    def validate(self) -> None:
+    def validate(self, prefix: str = "") -> None:
         if not self.source.name:
-            raise ValueError("source: give a source, e.g. {name: pairs}")
+            raise ConfigError(f"{prefix}source: give a source, e.g. {{name: pairs}}")
         if not self.terms:
-            raise ValueError(f"terms: source '{self.source.name}' has no terms; give e.g. [{{name: "
+            raise ConfigError(f"{prefix}terms: source '{self.source.name}' has no terms; give e.g. [{{name: "
                              f"{next(n for n, e in TERMS.items() if e.kinds[0] in self.source.kinds())}}}]")
         made = self.source.kinds()
         for i, term in enumerate(self.terms):
             kind = TERMS[term.name].kinds[0]
             if kind not in made:
-                raise ValueError(f"terms[{i}]: term '{term.name}' needs '{kind}' batches, but source "
+                raise ConfigError(f"{prefix}terms[{i}]: term '{term.name}' needs '{kind}' batches, but source "
                                  f"'{self.source.name}' makes {', '.join(made)} ({SOURCES[self.source.name].summary}); "
                                  f"sources that make '{kind}': {_makers(kind)}")
 
