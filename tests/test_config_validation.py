@@ -159,8 +159,8 @@ BAD_INPUTS = [
     (["data.path=missing.jsonl"], "data.path: got 'missing.jsonl', expected an existing path (no such file or directory)"),
     (["data.eval_path=/no/eval.csv"], "data.eval_path: got '/no/eval.csv', expected an existing path "
                                       "(no such file or directory)"),
-    (["data.task=revews"], "data.task: unknown task 'revews'; did you mean 'reviews'? (known: arithmetic, reviews)"),
-    (["online.reward=[{name: 'reward_model:./rm'}]"],
+    (["data.task=revews"], "data.task: unknown task 'revews'; did you mean 'reviews'? (known: arithmetic, reviews, reviews_rps)"),
+    (["algo.name=grpo", "online.reward=[{name: 'reward_model:./rm'}]"],
      "online.reward[0].name: got './rm', expected an existing path (no such file or directory)"),
     (["output_dir=taken.jsonl/runs"], "output_dir: got 'taken.jsonl/runs', expected a directory "
                                       "({tmp}/taken.jsonl is a file)"),
