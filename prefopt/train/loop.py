@@ -20,6 +20,7 @@ import torch
 
 from prefopt.errors import StopTraining, TrainingError
 from prefopt.optim import needs_create_graph
+from prefopt.seeding import GLOBAL, derive_seed
 from prefopt.train.algorithms.base import Algorithm
 from prefopt.train.checkpoint import (latest_checkpoint, load_model_weights, load_trainer_state,
                                       rng_state, save_checkpoint, set_rng_state)
@@ -41,9 +42,9 @@ class TrainResult:
 def seed_everything(seed: int) -> None:
     import numpy as np
 
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+    random.seed(derive_seed(seed, GLOBAL))
+    np.random.seed(derive_seed(seed, GLOBAL, bits=32))
+    torch.manual_seed(derive_seed(seed, GLOBAL))
 
 
 def _resume(ckpt: Path, model, optimizer, scheduler, algorithm) -> int:

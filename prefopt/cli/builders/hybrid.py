@@ -11,6 +11,7 @@ from prefopt.cli.builders.online import _experience_from, _max_prompt_length, _r
 from prefopt.data.prepare import encode_pairwise, encode_sft
 from prefopt.data.tokenize import collate_pairs, collate_sequences, encode_text
 from prefopt.errors import ConfigError
+from prefopt.seeding import MIX_OFFLINE, derive_seed
 from prefopt.train.config import TrainConfig
 
 
@@ -116,7 +117,8 @@ def mixture_offline_source(cfg: TrainConfig, tokenizer, kind: str, path: str | N
         collate = lambda b: collate_sequences([(r.prompt_ids, r.response_ids) for r in b], pad)  # noqa: E731
     if not enc:
         raise ConfigError(f"{key}: the offline source of the mixture is empty ({source})")
-    return DatasetSource(enc, collate, kind=kind, batch_size=cfg.train.batch_size, seed=cfg.train.seed + 1,
+    return DatasetSource(enc, collate, kind=kind, batch_size=cfg.train.batch_size,
+                         seed=derive_seed(cfg.train.seed, MIX_OFFLINE),
                          shuffle=True)
 
 

@@ -19,6 +19,7 @@ from prefopt.data.loaders import apply_columns, detect_schema, read_records, val
 from prefopt.data.prepare import encode_pairwise, encode_sft, encode_unpaired, pairs_to_unpaired
 from prefopt.errors import ConfigError, DataError
 from prefopt.models.lora import is_peft
+from prefopt.seeding import TASK_CORPUS, UNPAIRED_PARTNERS, derive_seed
 from prefopt.tasks import get_task
 from prefopt.train.algorithms.base import Algorithm
 from prefopt.train.config import TrainConfig
@@ -173,7 +174,7 @@ def build_sft(cfg: TrainConfig, model, tokenizer, chosen_of_pairs: bool = False)
         task = get_task(cfg.data.task, **cfg.data.task_options)
         to_rows = lambda pairs: [{"prompt": p, "completion": r} for p, r in pairs]  # noqa: E731
         train_rows = to_rows(task.sft_corpus(cfg.data.num_examples, seed=cfg.train.seed))
-        eval_rows = to_rows(task.sft_corpus(cfg.data.eval_examples, seed=cfg.train.seed + 1_000_003))
+        eval_rows = to_rows(task.sft_corpus(cfg.data.eval_examples, seed=derive_seed(cfg.train.seed, TASK_CORPUS, 1)))
         src = ev_src = f"task {cfg.data.task}"
     else:
         raise ConfigError("data.path: SFT needs a data file (prompt, completion) or a lab task in data.task")
@@ -248,8 +249,9 @@ def build_kto(cfg: TrainConfig, model, tokenizer, make_reference=None) -> tuple[
     _prepare_tokenizer(cfg, tokenizer)
     train_rows, eval_rows, stats, src, ev_src = _rows(cfg, "unpaired")
     tr, tr_stats = encode_unpaired(tokenizer, train_rows, seed=cfg.train.seed, source=src, **_lengths(cfg))
-    ev, _ = (encode_unpaired(tokenizer, eval_rows, start_index=len(tr), seed=cfg.train.seed + 1, source=ev_src,
-                             **_lengths(cfg)) if len(eval_rows) >= 2 else ([], None))
+    ev_seed = derive_seed(cfg.train.seed, UNPAIRED_PARTNERS, 1)  # the eval split's own partner stream
+    ev, _ = (encode_unpaired(tokenizer, eval_rows, start_index=len(tr), seed=ev_seed, source=ev_src, **_lengths(cfg))
+             if len(eval_rows) >= 2 else ([], None))
     stats.update(tr_stats.metrics())
     n_desirable = sum(e.label for e in tr)
     n_undesirable = len(tr) - n_desirable

@@ -39,7 +39,8 @@ def _prompts(cfg: TrainConfig, task, tokenizer):
     else:
         train = PromptSet.from_prompts(task.prompts("train", cfg.online.num_prompts, seed=cfg.train.seed),
                                        source=f"task {task.name}")
-        held_out = PromptSet.from_prompts(task.prompts("eval", cfg.data.eval_examples, seed=cfg.train.seed + 1),
+        # the task derives each split's own stream from the one base seed
+        held_out = PromptSet.from_prompts(task.prompts("eval", cfg.data.eval_examples, seed=cfg.train.seed),
                                           source=f"task {task.name}")
     stats = {"data/prompts_conversational": float(train.conversational),
              "data/bad_rows_skipped": float(train.skipped), "data/eval_bad_rows_skipped": float(held_out.skipped)}

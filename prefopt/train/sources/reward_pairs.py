@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from prefopt.data.tokenize import EncodedPair, collate_pairs
+from prefopt.seeding import REWARD_BOOTSTRAP, REWARD_MEMBER, derive_seed
 from prefopt.train.recipe import Source
 from prefopt.train.sampler import EpochSampler
 from prefopt.types import PreferenceBatch
@@ -25,14 +26,14 @@ class RewardPairSource(Source):
         if kind not in ("models", "heads"):
             raise ValueError(f"kind must be 'models' or 'heads', got '{kind}'")
         self.rows, self.pad_id, self.batch_size = rows, pad_id, batch_size
-        g = torch.Generator().manual_seed(seed * 7919 + 17)
+        g = torch.Generator().manual_seed(derive_seed(seed, REWARD_BOOTSTRAP))
         n = len(rows)
         self.pools: list[list[int]] = []
         self.head_weights: torch.Tensor | None = None
         if kind == "models" and ensemble_size > 1:
             for _ in range(ensemble_size):
                 self.pools.append(torch.randint(0, n, (n,), generator=g).tolist() if bootstrap else list(range(n)))
-            self.samplers = [EpochSampler(n, seed + 1000 * i, shuffle) for i in range(ensemble_size)]
+            self.samplers = [EpochSampler(n, derive_seed(seed, REWARD_MEMBER, i), shuffle) for i in range(ensemble_size)]
         else:
             self.pools = [list(range(n))]
             self.samplers = [EpochSampler(n, seed, shuffle)]
