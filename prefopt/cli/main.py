@@ -66,6 +66,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("config", nargs="?", help="YAML config file")
     t.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.steps=50")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its newest checkpoint")
+    t.add_argument("--overwrite", action="store_true",
+                   help="start a new run in a run directory that holds files, clearing it first")
     t.add_argument("--check", action="store_true",
                    help="validate the config and the model, data and output paths, then exit")
 
@@ -104,6 +106,11 @@ def cmd_train(args) -> int:
     if args.resume and config_path is None:
         config_path = str(Path(args.resume) / "config.yaml")
     cfg = load_config(TrainConfig, config_path, args.overrides)
+    if args.resume and cfg.model.trust_remote_code and not any(
+            o.startswith("model.trust_remote_code=") for o in args.overrides):
+        from prefopt.errors import ConfigError  # a run folder may come from anyone: code runs only if asked here
+        raise ConfigError("--resume: the run's config sets model.trust_remote_code=true; pass "
+                          "model.trust_remote_code=true on the command line to allow the model's own code")
     notes = check_train_inputs(cfg, args.resume)
     if args.check:
         for note in notes:
@@ -112,7 +119,7 @@ def cmd_train(args) -> int:
         return 0
     run_dir = Path(args.resume) if args.resume else run_dir_for(cfg)
     try:
-        out = run_train(cfg, resume=bool(args.resume), run_dir=run_dir)
+        out = run_train(cfg, resume=bool(args.resume), run_dir=run_dir, overwrite=args.overwrite)
     except OSError as exc:
         if exc.filename is not None or isinstance(exc, PrefoptError):
             raise
@@ -198,6 +205,16 @@ def _compare_text(summary: dict) -> str:
     return markdown_table(summary) + f"\nwall time {summary['seconds']['total']} s"
 
 
+def _interrupted_message(exc: KeyboardInterrupt) -> str:
+    checkpoint = getattr(exc, "checkpoint", None)
+    if checkpoint is not None:
+        return (f"interrupted ({exc}): {checkpoint} holds the last completed step; continue with "
+                f"`prefopt train --resume {exc.run_dir}`")
+    if getattr(exc, "run_dir", None) is not None:
+        return f"interrupted ({exc}) before the first step completed: nothing was saved"
+    return "interrupted during start-up: nothing was saved"
+
+
 COMMANDS = {"train": cmd_train, "demo": cmd_demo, "tasks": cmd_tasks, "compare": cmd_compare}
 
 
@@ -214,9 +231,9 @@ def main(argv: list[str] | None = None) -> int:
     handler = cmd_data_make if args.command == "data" else COMMANDS[args.command]
     try:
         return handler(args)
-    except KeyboardInterrupt:
-        print("interrupted: a resumable checkpoint was saved where a step had completed", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        print(_interrupted_message(exc), file=sys.stderr)
+        return 128 + getattr(exc, "signum", 2)
     except (PrefoptError, OSError) as exc:  # OSError: e.g. a full disk under a path the OS names
         if args.debug:
             traceback.print_exc()
