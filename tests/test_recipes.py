@@ -190,3 +190,15 @@ def test_an_sft_source_on_a_pairs_file_trains_on_the_chosen_responses(tmp_path):
     assert steps[0]["loss"] == pytest.approx(steps[0]["loss/sft"] + steps[0]["loss/simpo"], rel=1e-6)
     final = [r for r in rows if "eval/loss" in r][-1]  # both parts evaluate; the second's clashing keys are prefixed
     assert "eval/part1/loss" in final and "eval/rewards/accuracy" in final
+
+
+def test_check_names_a_missing_recipe_source_path(tmp_path):
+    from prefopt.cli.check import check_train_inputs
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", lab_pairs(4))
+    recipe = (f"recipe=[{{source: {{name: mixture, online: {{name: rollouts}}, offline: {{name: sft, path: {pairs}}}}}, "
+              f"terms: [{{name: policy_gradient}}]}}, {{source: {{name: pairs, path: {tmp_path / 'nope.jsonl'}}}, "
+              "terms: [{name: pairwise}]}]")
+    cfg = load_config(TrainConfig, None, ["algo.name=recipe", recipe, "model.name_or_path=tiny:llama-1m",
+                                          "data.task=reviews", f"output_dir={tmp_path}"])
+    with pytest.raises(ConfigError, match=r"recipe\[1\].source.path: got '.*nope.jsonl', expected an existing path"):
+        check_train_inputs(cfg)

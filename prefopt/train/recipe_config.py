@@ -185,3 +185,19 @@ def check_recipe(parts: list[PartSpec], algo_name: str) -> None:
     if algo_name == "recipe" and not parts:
         raise ConfigError("recipe: algo.name 'recipe' needs a recipe section: a list of parts "
                          "[{source: {name: ...}, terms: [{name: ..., weight: ...}]}] (see docs/hybrid.md)")
+
+
+def recipe_paths(parts: list[PartSpec]) -> list[tuple[str, str]]:
+    """(key, path) of every source path a recipe names, mixtures' inner sources included."""
+    out = []
+
+    def visit(spec: SourceSpec | None, key: str) -> None:
+        if spec is None:
+            return
+        if spec.path:
+            out.append((f"{key}.path", spec.path))
+        visit(spec.online, f"{key}.online")
+        visit(spec.offline, f"{key}.offline")
+    for i, part in enumerate(parts):
+        visit(part.source, f"recipe[{i}].source")
+    return out
