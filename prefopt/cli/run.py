@@ -18,6 +18,7 @@ from prefopt.errors import ConfigError
 from prefopt.models.loading import load_tokenizer
 from prefopt.models.tiny import is_tiny
 from prefopt.optim import build_optimizer, optimizer_state_bytes
+from prefopt.report.environment import write_environment
 from prefopt.tasks import get_task
 from prefopt.tasks.tokenizer import train_tokenizer
 from prefopt.train.checkpoint import checkpoint_step, select_resume_checkpoint
@@ -108,6 +109,7 @@ def _build_and_train(cfg: TrainConfig, run_dir: Path, ckpt: Path | None, changes
     algorithm, stats = build_algorithm(cfg, model, tokenizer)
     optimizer = build_optimizer(model, cfg.optim)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    write_environment(run_dir)  # versions, CPU, threads: what `prefopt report` shows
     if ckpt is not None:
         record_resume(run_dir, ckpt, checkpoint_step(ckpt), changes)
     resume = ckpt is not None
