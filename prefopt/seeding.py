@@ -43,6 +43,8 @@ ROLLOUT_CALL = "rollout.call"
 ROLLOUT_EVAL = "rollout.eval"
 ONLINE_PREF_ROUND = "online_pref.round"
 PPO_MINIBATCHES = "ppo.minibatches"
+RESET_DRAW = "reset.draw"
+MIX_OFFLINE = "mix.offline"
 
 PURPOSES: dict[str, str] = {
     GLOBAL: "Python/NumPy/torch global generators (dropout, anything unseeded)",
@@ -65,6 +67,8 @@ PURPOSES: dict[str, str] = {
     ROLLOUT_EVAL: "fixed evaluation samples of an online algorithm; index: prompt",
     ONLINE_PREF_ROUND: "data order of one online/iterative DPO round; index: round",
     PPO_MINIBATCHES: "PPO epoch/minibatch shuffles; index: rollout count",
+    RESET_DRAW: "dataset-reset coins and prefix lengths (DR-PO); index: draw call",
+    MIX_OFFLINE: "base seed of a mixture's offline source (its data order)",
 }
 
 

@@ -14,6 +14,7 @@ from prefopt.seeding import SEED_MAX
 from prefopt.train.online_config import OnlineConfig
 from prefopt.train.hybrid_config import HypoConfig, MixConfig, ResetConfig
 from prefopt.train.presets import OPTIONAL_SECTIONS, algo_help, check_sections
+from prefopt.train.recipe_config import PartSpec, check_recipe
 from prefopt.validation import bad_value
 
 
@@ -124,6 +125,9 @@ class TrainConfig:
         "HyPO (algo.name: hypo): the online reverse-KL term's λ, samples per prompt and prompts per step.")})
     reset: ResetConfig = field(default_factory=ResetConfig, metadata={"help": (
         "DR-PO dataset resets (algo.name: drpo): reset probability, response column, policy-gradient optimizer.")})
+    recipe: list[PartSpec] = field(default_factory=list, metadata={"help": (
+        "A recipe written directly (algo.name: recipe): parts [{source: {name, ...}, terms: [{name, weight, ...}]}] "
+        "(docs/hybrid.md).")})
     output_dir: str = field(default="runs", metadata={"help": "Runs are written to <output_dir>/<run_name>."})
     run_name: str | None = field(default=None, metadata={"help": "Run folder name; default '<algo>-<timestamp>'."})
 
@@ -135,3 +139,4 @@ class TrainConfig:
         if self.algo.name == "kto" and self.train.batch_size < 2:
             raise bad_value(f"{prefix}train.batch_size", self.train.batch_size,
                             "an integer >= 2 with algo.name=kto (its KL baseline pairs mismatched examples)")
+        check_recipe(self.recipe, self.algo.name)

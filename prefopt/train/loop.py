@@ -21,6 +21,7 @@ import torch
 
 from prefopt.errors import StopTraining, TrainingError
 from prefopt.optim import needs_create_graph
+from prefopt.seeding import GLOBAL, derive_seed
 from prefopt.train.algorithms.base import Algorithm
 from prefopt.train.checkpoint import rng_state, set_rng_state
 from prefopt.train.config import LoopConfig
@@ -44,9 +45,9 @@ class TrainResult:
 def seed_everything(seed: int) -> None:
     import numpy as np
 
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+    random.seed(derive_seed(seed, GLOBAL))
+    np.random.seed(derive_seed(seed, GLOBAL, bits=32))
+    torch.manual_seed(derive_seed(seed, GLOBAL))
 
 
 def train(model: torch.nn.Module, algorithm: Algorithm, optimizer: torch.optim.Optimizer,

@@ -63,6 +63,8 @@ _TABLE = [
            BASE_SECTIONS + ("perf", "rollout", "hypo")),
     Preset("drpo", "drpo", "dataset resets: rollouts from prompt + offline-response prefixes, ppo/rloo/grpo",
            ONLINE_SECTIONS + ("reset",), online=True),
+    Preset("recipe", "recipe", "sources × weighted terms written in YAML (the recipe section)",
+           ONLINE_SECTIONS + ("recipe", "reward")),
 ]
 PRESETS: dict[str, Preset] = {p.name: p for p in _TABLE}
 # Every top-level section some algorithm may ignore (the rest are read by all).
@@ -75,7 +77,7 @@ def names(family: str | None = None) -> tuple[str, ...]:
 
 def algo_help() -> str:
     """``algo.name``'s help text, generated from the table."""
-    offline = ", ".join(n for n, p in PRESETS.items() if not p.online and p.family not in ("hypo",))
+    offline = ", ".join(n for n, p in PRESETS.items() if not p.online and p.family not in ("hypo", "recipe"))
     online = ", ".join(n for n, p in PRESETS.items() if p.online)
     return (f"Algorithm: {offline} (dpo: any pairwise loss below); online: {online}; hybrid: hypo, drpo "
             "(a mix section adds offline data to online recipes); or 'recipe' to give sources and terms directly.")

@@ -39,7 +39,8 @@ def _prompts(cfg: TrainConfig, task, tokenizer):
     else:
         train = PromptSet.from_prompts(task.prompts("train", cfg.online.num_prompts, seed=cfg.train.seed),
                                        source=f"task {task.name}")
-        held_out = PromptSet.from_prompts(task.prompts("eval", cfg.data.eval_examples, seed=cfg.train.seed + 1),
+        # the task derives each split's own stream from the one base seed
+        held_out = PromptSet.from_prompts(task.prompts("eval", cfg.data.eval_examples, seed=cfg.train.seed),
                                           source=f"task {task.name}")
     stats = {"data/prompts_conversational": float(train.conversational),
              "data/bad_rows_skipped": float(train.skipped), "data/eval_bad_rows_skipped": float(held_out.skipped)}
@@ -68,10 +69,11 @@ def _judge(cfg: TrainConfig):
     return resolve_judge(cfg.online.judge, options=cfg.online.judge_options, on_error=cfg.online.on_reward_error)
 
 
-def _reference(cfg: TrainConfig, model, needed: bool):
+def _reference(cfg: TrainConfig, model, needed: bool, make=None):
     """The initial policy as reference per ``algo.reference`` (copy, or lora: adapters disabled).
 
-    ``needed``: the loss uses it (else it only serves evaluation KL and may be absent)."""
+    ``needed``: the loss uses it (else it only serves evaluation KL and may be absent);
+    ``make(kind, model)`` makes the module (default ``reference_module``; a recipe shares one)."""
     from prefopt.models.reference import reference_module
 
     kind = cfg.algo.reference
@@ -84,7 +86,7 @@ def _reference(cfg: TrainConfig, model, needed: bool):
                               "(KL penalty or a reference-based loss); set online.kl_coef: 0 / a reference-free "
                               "loss, or algo.reference: copy")
         return None
-    return reference_module(kind, model)
+    return (make or reference_module)(kind, model)
 
 
 def _sampling(cfg: TrainConfig, k: int):
@@ -140,7 +142,8 @@ def build_policy_gradient(cfg: TrainConfig, model, tokenizer) -> tuple[Algorithm
     return policy_gradient_recipe(cfg, model, tokenizer)
 
 
-def policy_gradient_recipe(cfg: TrainConfig, model, tokenizer, *, prompts=None, draw=None, name=None):
+def policy_gradient_recipe(cfg: TrainConfig, model, tokenizer, *, prompts=None, draw=None, name=None,
+                           make_reference=None):
     """The policy-gradient recipe of preset ``cfg.algo.name``; ``prompts`` = (texts, raw) replaces the
     configured prompts (no held-out split then), ``draw(experience)`` makes the rollout draw
     (dataset resets), and ``mix.path`` adds a scheduled offline source."""
@@ -150,7 +153,8 @@ def policy_gradient_recipe(cfg: TrainConfig, model, tokenizer, *, prompts=None, 
     settings = resolve_settings(cfg.algo.name, cfg.online)
     task = _task(cfg)
     reward = _reward(cfg, task)
-    reference = _reference(cfg, model, settings.kl_coef > 0) if settings.kl_coef > 0 or cfg.online.eval_kl else None
+    reference = (_reference(cfg, model, settings.kl_coef > 0, make_reference)
+                 if settings.kl_coef > 0 or cfg.online.eval_kl else None)
     k = settings.num_generations
     if prompts is None:
         exp = _experience(cfg, model, tokenizer, k=k, reward=reward, reference=reference, task=task)
@@ -206,7 +210,7 @@ def _pairwise_loss(cfg: TrainConfig):
 
 
 @register("online_dpo")
-def build_online_dpo(cfg: TrainConfig, model, tokenizer) -> tuple[Algorithm, dict]:
+def build_online_dpo(cfg: TrainConfig, model, tokenizer, make_reference=None) -> tuple[Algorithm, dict]:
     from prefopt.train.algorithms.online_pref import OnlineDPO
 
     if cfg.online.num_generations not in (None, 2):
@@ -217,7 +221,7 @@ def build_online_dpo(cfg: TrainConfig, model, tokenizer) -> tuple[Algorithm, dic
     judge = _judge(cfg)
     reward = _reward(cfg, task, required=judge is None)
     needs_ref = not getattr(loss_fn, "reference_free", False)
-    reference = _reference(cfg, model, needs_ref) if needs_ref or cfg.online.eval_kl else None
+    reference = _reference(cfg, model, needs_ref, make_reference) if needs_ref or cfg.online.eval_kl else None
     if cfg.mix.path and cfg.mix.term == "pairwise" and needs_ref and reference is None:
         raise ConfigError("algo.reference: offline pairs mixed into online_dpo need a reference model")
     exp = _experience(cfg, model, tokenizer, k=2, reward=reward, reference=reference, task=task)

@@ -17,6 +17,7 @@ from prefopt.data.tokenize import EncodedPair, collate_pairs
 from prefopt.errors import StopTraining, TrainingError
 from prefopt.models.lora import reference_pass
 from prefopt.rollout.scorers import Judge
+from prefopt.seeding import ONLINE_PREF_ROUND, derive_seed
 from prefopt.train.recipe import Source
 from prefopt.train.sampler import EpochSampler
 from prefopt.train.sources.experience import Experience, Throughput, mean
@@ -184,7 +185,7 @@ class RoundsSource(Source):
         self.round += 1
         self.round_step = 0
         self.rows = rows
-        self.sampler = EpochSampler(len(rows), self.seed * 1009 + self.round, shuffle=True)
+        self.sampler = EpochSampler(len(rows), derive_seed(self.seed, ONLINE_PREF_ROUND, self.round), shuffle=True)
         self.round_metrics = {**sample_metrics(sampled, out.total, out.components), "round": float(self.round),
                               "round/rows": float(len(rows))}
 
@@ -215,5 +216,6 @@ class RoundsSource(Source):
         self.counts = dict(state["counts"])
         self.sampler = None
         if self.rows is not None:
-            self.sampler = EpochSampler(len(self.rows), self.seed * 1009 + self.round, shuffle=True)
+            self.sampler = EpochSampler(len(self.rows), derive_seed(self.seed, ONLINE_PREF_ROUND, self.round),
+                                        shuffle=True)
             self.sampler.load_state_dict(state["sampler"])
