@@ -47,6 +47,13 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("overrides", nargs="*", help="key=value overrides, e.g. steps=30 'losses=[dpo,ipo]'")
     c.add_argument("--out", help="output directory (default runs/compare-<timestamp>)")
 
+    from prefopt.cli.front import FrontConfig
+    f = sub.add_parser("front", help="sweep preference vectors for one multi-objective method, write the Pareto front",
+                       formatter_class=fmt, epilog=_config_help(FrontConfig))
+    f.add_argument("config", nargs="?", help="YAML front config")
+    f.add_argument("overrides", nargs="*", help="key=value overrides, e.g. method=soups grid=2")
+    f.add_argument("--out", help="output directory (default runs/front-<method>-<timestamp>); rerun to resume")
+
     data = sub.add_parser("data", help="datasets for the lab")
     dsub = data.add_subparsers(dest="data_command", required=True)
     mk = dsub.add_parser("make", help="sample preference pairs from a model and label them by a gold objective",
@@ -149,7 +156,18 @@ def _compare_text(summary: dict) -> str:
     return markdown_table(summary) + f"\nwall time {summary['seconds']['total']} s"
 
 
-COMMANDS = {"train": cmd_train, "demo": cmd_demo, "tasks": cmd_tasks, "compare": cmd_compare}
+def cmd_front(args) -> int:
+    from prefopt.cli.config import load_config
+    from prefopt.cli.front import FrontConfig, run_front
+
+    config_path = args.config
+    if config_path and "=" in config_path and not Path(config_path).exists():
+        args.overrides, config_path = [config_path] + list(args.overrides), None
+    run_front(load_config(FrontConfig, config_path, args.overrides), Path(args.out) if args.out else None)
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "demo": cmd_demo, "tasks": cmd_tasks, "compare": cmd_compare, "front": cmd_front}
 
 
 def main(argv: list[str] | None = None) -> int:

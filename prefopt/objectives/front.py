@@ -226,9 +226,10 @@ def _parse_point(data, objectives: Sequence[str], source: str, where: str) -> Fr
     missing = [o for o in objectives if o not in means or o not in stderr]
     if missing:
         raise DataError(f"{source}: {where}: no mean/stderr for objective(s) {missing}")
+    extra = [o for o in means if o not in objectives and o in stderr]  # objectives evaluated but not swept
     return FrontPoint(tuple(float(w) for w in _field(data, "weights", source, where + ".")),
-                      {o: float(means[o]) for o in objectives},
-                      {o: None if stderr[o] is None else float(stderr[o]) for o in objectives},
+                      {o: float(means[o]) for o in [*objectives, *extra]},
+                      {o: None if stderr[o] is None else float(stderr[o]) for o in [*objectives, *extra]},
                       int(_field(data, "n", source, where + ".")),
                       _parse_cost(_field(data, "cost", source, where + "."), source, f"{where}.cost"),
                       bool(data.get("nondominated", False)), str(data.get("label", "")))

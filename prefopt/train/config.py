@@ -11,6 +11,7 @@ from prefopt.optim.config import OptimConfig
 from prefopt.rollout.engine import SamplingConfig
 from prefopt.train.online_config import OnlineConfig
 from prefopt.train.hybrid_config import HypoConfig, MixConfig, ResetConfig
+from prefopt.objectives.config import ModpoConfig, RicConfig
 from prefopt.train.presets import OPTIONAL_SECTIONS, algo_help, check_sections
 
 
@@ -105,6 +106,10 @@ class TrainConfig:
         "HyPO (algo.name: hypo): the online reverse-KL term's λ, samples per prompt and prompts per step.")})
     reset: ResetConfig = field(default_factory=ResetConfig, metadata={"help": (
         "DR-PO dataset resets (algo.name: drpo): reset probability, response column, policy-gradient optimizer.")})
+    modpo: ModpoConfig = field(default_factory=ModpoConfig, metadata={"help": (
+        "MODPO (algo.name: modpo): preference weights, margin sources of the other objectives, loss type.")})
+    ric: RicConfig = field(default_factory=RicConfig, metadata={"help": (
+        "Rewards-in-context (algo.name: ric): conditioned objectives, online rounds, preference-to-target mapping.")})
     output_dir: str = field(default="runs", metadata={"help": "Runs are written to <output_dir>/<run_name>."})
     run_name: str | None = field(default=None, metadata={"help": "Run folder name; default '<algo>-<timestamp>'."})
 

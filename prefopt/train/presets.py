@@ -63,6 +63,10 @@ _TABLE = [
            BASE_SECTIONS + ("perf", "rollout", "hypo")),
     Preset("drpo", "drpo", "dataset resets: rollouts from prompt + offline-response prefixes, ppo/rloo/grpo",
            ONLINE_SECTIONS + ("reset",), online=True),
+    Preset("modpo", "modpo", "DPO on one preference, the other objectives' rewards as margins (MODPO)",
+           BASE_SECTIONS + ("perf", "modpo")),
+    Preset("ric", "ric", "rewards-in-context: SFT on prompts carrying each response's target scores",
+           BASE_SECTIONS + ("perf", "ric")),
 ]
 PRESETS: dict[str, Preset] = {p.name: p for p in _TABLE}
 # Every top-level section some algorithm may ignore (the rest are read by all).
