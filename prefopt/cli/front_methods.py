@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import json
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -63,10 +64,12 @@ def train_once(base: dict, updates: dict, run_dir: Path) -> Trained:
         _set(data, key, value)
     _set(data, "train.progress", False)
     cfg = from_dict(TrainConfig, data)
+    cpu0 = time.process_time()
     out = run_train(cfg, run_dir=run_dir)
+    cpu = round(time.process_time() - cpu0, 2)
     merged = run_dir / "merged"
     model = merged if merged.exists() else out.result.final_checkpoint / "model"
-    trained = Trained(str(model), Cost(out.result.steps, sampled_tokens(run_dir), round(out.result.seconds, 2)))
+    trained = Trained(str(model), Cost(out.result.steps, sampled_tokens(run_dir), round(out.result.seconds, 2), cpu))
     done.write_text(json.dumps({"model": trained.model, "cost": asdict(trained.cost)}, indent=2) + "\n")
     return trained
 
