@@ -71,15 +71,15 @@ def test_modpo_term_is_the_hand_formula_and_dpo_at_w0_one(tmp_path, pairs_file):
     from prefopt.losses.pairwise import dpo
     from prefopt.train.algorithms.preference import pair_logps
 
-    algo, model, tok = _build(_cfg(tmp_path, pairs_file, modpo__weights=[0.25, 0.75]))
+    algo, model, tok = _build(_cfg(tmp_path, pairs_file, modpo__weights=[0.25, 0.75], modpo__margin_scales=[10.0]))
     batch = algo._collate(algo.train_rows[:4])
     out = algo.term.outputs(model, batch)
     with torch.no_grad():
         pc, pr, _, _ = pair_logps(model, batch, tok.pad_token_id)
         rc, rr, _, _ = pair_logps(algo.term.reference, batch, tok.pad_token_id)
     brevity = batch.scores["brevity"]
-    r_w = (0.1 * (pc - rc) - 0.75 * brevity[:, 0]) / 0.25
-    r_l = (0.1 * (pr - rr) - 0.75 * brevity[:, 1]) / 0.25
+    r_w = (0.1 * (pc - rc) - 0.75 * 10 * brevity[:, 0]) / 0.25
+    r_l = (0.1 * (pr - rr) - 0.75 * 10 * brevity[:, 1]) / 0.25
     torch.testing.assert_close(out.losses.detach(), -torch.nn.functional.logsigmoid(r_w - r_l), rtol=1e-4, atol=1e-5)
 
     algo1, model1, _ = _build(_cfg(tmp_path, pairs_file, modpo__weights=[1.0, 0.0]))
@@ -128,6 +128,7 @@ def _mod_wrong_length(prompts, responses):
     ({"modpo__weights": [-0.5, 1.5]}, ConfigError, "non-negative"),
     ({"modpo__margins": ["scores:brevity", "scores:positivity"]}, ConfigError, "modpo.margins: got 2"),
     ({"modpo__margins": ["scores:length"]}, DataError, "no 'length' margin"),
+    ({"modpo__margin_scales": [1.0, 2.0]}, ConfigError, "margin_scales: got 2"),
     ({"modpo__margins": ["gold:length"]}, ConfigError, "no objective 'length'"),
     ({"modpo__margins": ["test_mo_presets:_mod_wrong_length"]}, ConfigError, "expected ("),
 ])

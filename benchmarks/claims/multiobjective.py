@@ -28,9 +28,9 @@ sys.path.insert(0, str(ROOT))
 
 OBJECTIVES = ["informativeness", "brevity"]
 FULL = dict(sft_steps=200, pref_prompts=384, rl_steps=20, modpo_steps=40, ric_steps=120, eval_prompts=48,
-            prompts_per_step=16)
+            prompts_per_step=16, ric_rounds=1, ric_round_prompts=256, ric_round_steps=40)
 QUICK = dict(sft_steps=4, pref_prompts=16, rl_steps=1, modpo_steps=1, ric_steps=1, eval_prompts=4,
-             prompts_per_step=2)
+             prompts_per_step=2, ric_rounds=1, ric_round_prompts=4, ric_round_steps=1)
 
 
 def base_models(out: Path, s: dict) -> tuple[str, str]:
@@ -70,10 +70,14 @@ def train_configs(out: Path, sft: str, pairs: str, s: dict, seed: int) -> dict[s
                               "eval_num_samples": 1}},
         "modpo": {**common, "data": {**common["data"], "path": pairs}, "optim": {"lr": 1e-3},
                   "train": {**loop, "steps": s["modpo_steps"]}, "algo": {"name": "modpo", "beta": 0.1},
-                  "modpo": {"weights": [0.5, 0.5], "margins": ["scores:brevity"]}},
+                  "modpo": {"weights": [0.5, 0.5], "margins": ["scores:brevity"],
+                            # the pairs' labels are Bradley-Terry at temperature 0.1 on gold scores: the
+                            # brevity margin goes on that implicit-reward scale (x 1/0.1)
+                            "margin_scales": [10.0]}},
         "ric": {**common, "data": {**common["data"], "path": pairs}, "optim": {"lr": 1e-3},
                 "train": {**loop, "steps": s["ric_steps"]}, "algo": {"name": "ric"},
-                "ric": {"objectives": OBJECTIVES}},
+                "ric": {"objectives": OBJECTIVES, "rounds": s["ric_rounds"], "round_prompts": s["ric_round_prompts"],
+                        "round_steps": s["ric_round_steps"]}},
     }
     paths = {}
     for name, data in configs.items():

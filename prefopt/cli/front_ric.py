@@ -10,6 +10,7 @@ mean the same in every round.
 from __future__ import annotations
 
 import json
+import time
 
 import torch
 
@@ -85,11 +86,15 @@ def train_ric(ctx):
         round_dir.mkdir(parents=True, exist_ok=True)
         rows_file, info_file = round_dir / "rows.jsonl", round_dir / "round.json"
         if not info_file.exists():
+            wall0, cpu0 = time.perf_counter(), time.process_time()
             kept, tokens = _round_rows(ctx, model, stats, r)
             write_jsonl(rows_file, offline + kept)
-            info_file.write_text(json.dumps({"kept": len(kept), "sampled_tokens": tokens}) + "\n")
+            info_file.write_text(json.dumps({"kept": len(kept), "sampled_tokens": tokens,
+                                             "wall_seconds": round(time.perf_counter() - wall0, 2),
+                                             "cpu_seconds": round(time.process_time() - cpu0, 2)}) + "\n")
         info = json.loads(info_file.read_text())
+        sampling = Cost(0, info["sampled_tokens"], info["wall_seconds"], info["cpu_seconds"])
         t = train_once(ctx.base, {**updates, "model.name_or_path": model, "data.path": str(rows_file),
                                   "train.steps": ric.round_steps}, round_dir / "train")
-        model, cost = t.model, cost + t.cost + Cost(sampled_tokens=info["sampled_tokens"])
+        model, cost = t.model, cost + t.cost + sampling
     return model, stats, ric.mapping, cost

@@ -20,6 +20,9 @@ class ModpoConfig:
     margins: list[str] = field(default_factory=list, metadata={"help": (
         "One margin source per margin objective, in weight order: " + MARGIN_KINDS_HELP + ". Computed once "
         "before training.")})
+    margin_scales: list[float] = field(default_factory=list, metadata={"help": (
+        "Factor per margin (default 1 each): margins must be on the scale of the preference's implicit reward; "
+        "a gold score behind Bradley-Terry labels of temperature tau, e.g. the lab's pairs (tau 0.1), needs 1/tau.")})
     loss_type: Literal["sigmoid", "hinge"] = field(default="sigmoid", metadata={"help": (
         "-log sigmoid(r_w - r_l) or max(0, 1 - (r_w - r_l)) on the MODPO rewards.")})
     implicit_beta: float | None = field(default=None, metadata={"help": (
@@ -34,6 +37,9 @@ class ModpoConfig:
         if len(self.margins) != len(self.weights) - 1:
             raise ConfigError(f"modpo.margins: got {len(self.margins)} margin source(s) for {len(self.weights)} "
                               f"weights; expected one per margin weight ({len(self.weights) - 1})")
+        if self.margin_scales and len(self.margin_scales) != len(self.margins):
+            raise ConfigError(f"modpo.margin_scales: got {len(self.margin_scales)} factor(s) for "
+                              f"{len(self.margins)} margin(s); expected one per margin (or none)")
 
 
 @dataclass

@@ -112,7 +112,7 @@ def build_modpo(cfg: TrainConfig, model, tokenizer):
                               batch_size=cfg.train.batch_size, reference=reference, seed=cfg.train.seed,
                               shuffle=cfg.data.shuffle, ref_store=store, prefix_sharing=cfg.perf.prefix_sharing,
                               padding_free=cfg.perf.padding_free)
-    term = ModpoTerm(weights=m.weights, columns=columns, loss_type=m.loss_type, beta=cfg.algo.beta, pad_id=pad,
+    term = ModpoTerm(weights=m.weights, columns=columns, scales=m.margin_scales, loss_type=m.loss_type, beta=cfg.algo.beta, pad_id=pad,
                      reference=reference, prefix_sharing=cfg.perf.prefix_sharing, padding_free=cfg.perf.padding_free,
                      needs_reference_in_batch=store is not None)
     algo.term, algo.parts[0].terms[0] = term, (term, 1.0)

@@ -13,12 +13,13 @@ from prefopt.types import PreferenceBatch
 
 class ModpoTerm(PairwiseTerm):
     """MODPO on ``pairs``; ``columns[k]`` is the score column holding margin objective k+1's rewards
-    (chosen, rejected). Units: pairs, as any pairwise term."""
+    (chosen, rejected), multiplied by ``scales[k]`` (default 1). Units: pairs, as any pairwise term."""
 
-    def __init__(self, *, weights: Sequence[float], columns: Sequence[str], loss_type: str = "sigmoid",
-                 **pairwise):
+    def __init__(self, *, weights: Sequence[float], columns: Sequence[str], scales: Sequence[float] = (),
+                 loss_type: str = "sigmoid", **pairwise):
         self.weights = check_modpo_weights(weights).tolist()
         self.columns, self.loss_type = list(columns), loss_type
+        self.scales = [float(s) for s in scales] or [1.0] * len(self.columns)
         super().__init__(self._loss, hparams={}, name="modpo", **pairwise)
 
     def outputs(self, model, batch: PreferenceBatch):
@@ -30,7 +31,11 @@ class ModpoTerm(PairwiseTerm):
 
     def _loss(self, pc, pr, rc, rr, *, beta, chosen_lengths=None, rejected_lengths=None):
         batch = self._batch
-        chosen, rejected = stack_margins({c: score_margins(batch, c) for c in self.columns}, len(batch))
+        margins = {}
+        for column, scale in zip(self.columns, self.scales):
+            chosen, rejected = score_margins(batch, column)
+            margins[column] = (scale * chosen, scale * rejected)
+        chosen, rejected = stack_margins(margins, len(batch))
         device = pc.device
         return modpo(pc, pr, rc, rr, beta=beta, chosen_margins=chosen.to(device), rejected_margins=rejected.to(device),
                      weights=self.weights, loss_type=self.loss_type)
