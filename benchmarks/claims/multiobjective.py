@@ -114,6 +114,19 @@ def run_seed(out: Path, sft: str, pairs: str, s: dict, seed: int) -> dict:
     return result
 
 
+def plot_seed(out: Path, seed: int, path: Path) -> Path:
+    """The four fronts of one seed in one panel, hypervolumes at their common reference point."""
+    from prefopt.objectives.front import Front, common_reference
+    from prefopt.report.front_plot import plot_fronts
+
+    fronts = [Front.load(out / f"seed-{seed}" / m / "front.json") for m in ("morlhf", "soups", "modpo", "ric")]
+    ref = common_reference(fronts)
+    for front in fronts:
+        front.refresh(ref)
+    plot_fronts(fronts, path, title=f"reviews: informativeness x brevity (seed {seed})")
+    return path
+
+
 def _ratio(a: float, b: float) -> float:
     return a / b if b else math.inf
 
@@ -135,6 +148,33 @@ def claims(per_seed: list[dict]) -> dict:
     }
 
 
+# Thresholds of the verdicts: "close to / reaches / covers the front" = hypervolume ratio >= 0.9;
+# "a fraction of the cost" = cost ratio <= 0.75; "~3x less compute" = saving >= 2.5; "at its cost" <= 1.
+CLOSE_HV, FRACTION, SAVING, AT_COST = 0.9, 0.75, 2.5, 1.0
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def verdicts(c: dict) -> dict[str, str]:
+    """holds / partly / does not hold per claim, from the means over seeds."""
+    def say(front_ok: bool, cost_ok: bool, front: str, cost: str) -> str:
+        if front_ok and cost_ok:
+            return "holds"
+        if front_ok or cost_ok:
+            return f"partly ({front if front_ok else cost} holds, {cost if front_ok else front} does not)"
+        return "does not hold"
+    s, m, r = c["soups_vs_morlhf"], c["modpo_vs_morlhf"], c["ric_vs_soups"]
+    return {
+        "soups_vs_morlhf": say(_mean(s["hv_ratio"]) >= CLOSE_HV, _mean(s["cost_ratio"]) <= FRACTION,
+                               "front", "cost"),
+        "modpo_vs_morlhf": say(_mean(m["hv_ratio"]) >= CLOSE_HV, _mean(m["compute_saving"]) >= SAVING,
+                               "front", "3x saving"),
+        "ric_vs_soups": say(_mean(r["hv_ratio"]) >= CLOSE_HV, _mean(r["cost_ratio"]) <= AT_COST, "front", "cost"),
+    }
+
+
 def mean_se(values: list[float]) -> str:
     n = len(values)
     m = sum(values) / n
@@ -149,6 +189,7 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--quick", action="store_true", help="tiny settings (a smoke test, figures meaningless)")
     p.add_argument("--out", default="runs/claims-multiobjective")
+    p.add_argument("--figure", help="also draw the first seed's four fronts to this PNG")
     args = p.parse_args(argv)
     import torch
     torch.set_num_threads(1)
@@ -157,11 +198,14 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     sft, pairs = base_models(out, s)
     per_seed = [run_seed(out, sft, pairs, s, seed) for seed in args.seeds]
-    summary = {"settings": s, "seeds": args.seeds, "per_seed": per_seed, "claims": claims(per_seed),
-               "seconds": round(time.perf_counter() - t0, 1)}
+    figures = claims(per_seed)
+    summary = {"settings": s, "seeds": args.seeds, "per_seed": per_seed, "claims": figures,
+               "verdicts": verdicts(figures), "seconds": round(time.perf_counter() - t0, 1)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if args.figure:
+        plot_seed(out, args.seeds[0], Path(args.figure))
     for claim, figures in summary["claims"].items():
-        print(claim, {k: mean_se(v) for k, v in figures.items()})
+        print(claim, {k: mean_se(v) for k, v in figures.items()}, summary["verdicts"][claim])
     print(f"wall time {summary['seconds']} s; {out / 'summary.json'}")
     return 0
 
