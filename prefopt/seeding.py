@@ -43,6 +43,7 @@ ROLLOUT_CALL = "rollout.call"
 ROLLOUT_EVAL = "rollout.eval"
 ONLINE_PREF_ROUND = "online_pref.round"
 PPO_MINIBATCHES = "ppo.minibatches"
+RIC_ROUND = "ric.round"
 
 PURPOSES: dict[str, str] = {
     GLOBAL: "Python/NumPy/torch global generators (dropout, anything unseeded)",
@@ -64,6 +65,7 @@ PURPOSES: dict[str, str] = {
     ROLLOUT_CALL: "training sampling call of an online algorithm; index: call count",
     ROLLOUT_EVAL: "fixed evaluation samples of an online algorithm; index: prompt",
     ONLINE_PREF_ROUND: "data order of one online/iterative DPO round; index: round",
+    RIC_ROUND: "prompts, random targets and sampling of a rewards-in-context online round; index: round",
     PPO_MINIBATCHES: "PPO epoch/minibatch shuffles; index: rollout count",
 }
 

@@ -36,7 +36,8 @@ class FrontConfig:
     objectives: list[str] = field(default_factory=list, metadata={"help": (
         "Objectives of the preference vectors, in weight order (modpo: the pairs' preference first); "
         "default all gold objectives of the task.")})
-    grid: int = field(default=4, metadata={"help": "Simplex grid resolution n: weights k/n (C(n+m-1, m-1) vectors)."})
+    grid: int = field(default=4, metadata={"help": "Simplex grid resolution n: weights k/n (C(n+m-1, m-1) vectors).",
+                                           "min": 1})
     weights: list[list[float]] = field(default_factory=list, metadata={"help": (
         "Explicit preference vectors instead of the grid (each on the simplex).")})
     reward: str = field(default="gold", metadata={"help": (
@@ -45,23 +46,20 @@ class FrontConfig:
         "soups: saved policies, one per objective, instead of training them from train_config.")})
     eval_scorers: list[str] = field(default_factory=list, metadata={"help": (
         "Scorers of the evaluation (online.reward names); default the task's gold objectives.")})
-    eval_prompts: int = field(default=64, metadata={"help": "Held-out prompts of the task's eval split."})
-    eval_samples: int = field(default=2, metadata={"help": "Samples per held-out prompt."})
+    eval_prompts: int = field(default=64, metadata={"help": "Held-out prompts of the task's eval split.", "min": 1})
+    eval_samples: int = field(default=2, metadata={"help": "Samples per held-out prompt.", "min": 1})
     eval_seed: int = field(default=1234, metadata={"help": "Seed of the held-out prompts and of their sampling."})
-    max_new_tokens: int = field(default=40, metadata={"help": "Longest sampled response."})
-    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature of the evaluation."})
+    max_new_tokens: int = field(default=40, metadata={"help": "Longest sampled response.", "min": 1})
+    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature of the evaluation.", "min": 0})
     reference: list[float] | None = field(default=None, metadata={"help": (
         "Hypervolume reference point (one value per objective, below every point); default 0.1 of each "
         "range below the worst point.")})
     progress: bool = field(default=True, metadata={"help": "Show a progress bar over the sweep."})
 
-    def validate(self) -> None:
-        if not self.train_config and not (self.method == "soups" and self.soup_members):
-            raise ConfigError("train_config: give the base `prefopt train` YAML of the sweep (soups may give "
-                              "soup_members instead)")
-        if self.grid < 1 or self.eval_prompts < 1 or self.eval_samples < 1:
-            raise ConfigError(f"grid, eval_prompts and eval_samples must be >= 1, got {self.grid}, "
-                              f"{self.eval_prompts}, {self.eval_samples}")
+    def validate(self, prefix: str = "") -> None:
+        if not self.train_config:
+            raise ConfigError(f"{prefix}train_config: give the base `prefopt train` YAML of the sweep (its data.task "
+                              "gives the held-out prompts)")
 
 
 @dataclass

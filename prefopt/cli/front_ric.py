@@ -16,9 +16,6 @@ import torch
 
 from prefopt.objectives.front import Cost
 
-ROUND_SEED_OFFSET = 7_000_003  # round r samples with seed train.seed + offset * (r + 1)
-
-
 def ric_section(ctx):
     """The base config's ``ric`` section as a validated RicConfig (defaults from one place)."""
     from prefopt.cli.config import from_dict
@@ -50,7 +47,8 @@ def _round_rows(ctx, model_path: str, stats, round_index: int) -> tuple[list[dic
 
     ric = ric_section(ctx)
     n = ric.round_prompts
-    seed = int(ctx.base.get("train", {}).get("seed", 0)) + ROUND_SEED_OFFSET * (round_index + 1)
+    from prefopt.seeding import RIC_ROUND, derive_seed
+    seed = derive_seed(int(ctx.base.get("train", {}).get("seed", 0)), RIC_ROUND, round_index, bits=32)
     prompts = ctx.task.prompts("train", n, seed=seed)
     targets = sample_targets(n, stats, torch.Generator().manual_seed(seed))
     seen = [condition_prompt(p, t.tolist(), response_split=ric.response_split) for p, t in zip(prompts, targets)]

@@ -30,15 +30,17 @@ class ModpoConfig:
     margin_options: dict = field(default_factory=dict, metadata={"help": (
         "Options of scorer margins by margin spec, e.g. {'mymod:factory': {path: ...}} (factory call).")})
 
-    def validate(self) -> None:
+    def validate(self, prefix: str = "modpo.") -> None:
         from prefopt.losses.modpo import check_modpo_weights
 
-        check_modpo_weights(self.weights, key="modpo.weights")
+        if not self.weights and not self.margins:
+            return  # the section is unused (the modpo builder requires it)
+        check_modpo_weights(self.weights, key=f"{prefix}weights")
         if len(self.margins) != len(self.weights) - 1:
-            raise ConfigError(f"modpo.margins: got {len(self.margins)} margin source(s) for {len(self.weights)} "
+            raise ConfigError(f"{prefix}margins: got {len(self.margins)} margin source(s) for {len(self.weights)} "
                               f"weights; expected one per margin weight ({len(self.weights) - 1})")
         if self.margin_scales and len(self.margin_scales) != len(self.margins):
-            raise ConfigError(f"modpo.margin_scales: got {len(self.margin_scales)} factor(s) for "
+            raise ConfigError(f"{prefix}margin_scales: got {len(self.margin_scales)} factor(s) for "
                               f"{len(self.margins)} margin(s); expected one per margin (or none)")
 
 
@@ -51,16 +53,10 @@ class RicConfig:
         "Response marker the prompts end with (e.g. '\\n\\nAssistant:'); the target tags go before it.")})
     rounds: int = field(default=0, metadata={"help": (
         "Online rejection-sampling rounds after the offline SFT: sample with random targets, keep samples above "
-        "ric.quantile on any objective, merge them into the data, SFT again (run by `prefopt front`).")})
-    round_prompts: int = field(default=256, metadata={"help": "Prompts sampled per online round."})
-    round_steps: int = field(default=50, metadata={"help": "SFT steps after each online round."})
-    quantile: float = field(default=0.7, metadata={"help": "Rejection-sampling quantile (keep a sample above it on any objective)."})
+        "ric.quantile on any objective, merge them into the data, SFT again (run by `prefopt front`)."), "min": 0})
+    round_prompts: int = field(default=256, metadata={"help": "Prompts sampled per online round.", "min": 1})
+    round_steps: int = field(default=50, metadata={"help": "SFT steps after each online round.", "min": 1})
+    quantile: float = field(default=0.7, metadata={"help": (
+        "Rejection-sampling quantile (keep a sample above it on any objective)."), "min": 0, "max": 1})
     mapping: Literal["linf", "l2", "linear"] = field(default="linf", metadata={"help": (
         "Inference-time mapping from a preference vector to target scores (linf is the paper's).")})
-
-    def validate(self) -> None:
-        if self.rounds < 0 or self.round_prompts < 1 or self.round_steps < 1:
-            raise ConfigError(f"ric: rounds must be >= 0 and round_prompts, round_steps >= 1, got {self.rounds}, "
-                              f"{self.round_prompts}, {self.round_steps}")
-        if not 0.0 <= self.quantile <= 1.0:
-            raise ConfigError(f"ric.quantile: got {self.quantile}, expected a value in [0, 1]")
