@@ -129,3 +129,14 @@ def test_soup_members_of_different_architectures_are_refused(tmp_path, reviews_t
         dirs.append(str(d))
     assert _front(configs, tmp_path / "s", "soups", "online", f"soup_members=[{dirs[0]},{dirs[1]}]") == 2
     assert "soups need one architecture" in capsys.readouterr().err
+
+
+def test_a_training_left_without_a_checkpoint_is_restarted(configs, tmp_path):
+    from prefopt.cli.front_methods import weights_label
+
+    out = tmp_path / "k"
+    stale = out / "points" / weights_label((0.5, 0.5)) / "train"
+    stale.mkdir(parents=True)
+    (stale / "metrics.jsonl").write_text('{"step": 1, "loss": 9.0}\n')  # killed before its first checkpoint
+    assert _front(configs, out, "morlhf", "online", "weights=[[0.5,0.5]]") == 0
+    assert (stale / "trained.json").exists() and "9.0" not in (stale / "metrics.jsonl").read_text()

@@ -64,8 +64,11 @@ def train_once(base: dict, updates: dict, run_dir: Path) -> Trained:
         _set(data, key, value)
     _set(data, "train.progress", False)
     cfg = from_dict(TrainConfig, data)
+    # a training interrupted earlier continues from its newest checkpoint, or restarts when it has none
+    resume = run_dir.exists() and any(run_dir.glob("checkpoint-*"))
+    overwrite = not resume and run_dir.exists() and any(run_dir.iterdir())
     cpu0 = time.process_time()
-    out = run_train(cfg, run_dir=run_dir)
+    out = run_train(cfg, run_dir=run_dir, resume=resume, overwrite=overwrite)
     cpu = round(time.process_time() - cpu0, 2)
     merged = run_dir / "merged"
     model = merged if merged.exists() else out.result.final_checkpoint / "model"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from prefopt.objectives.front import Front
-from prefopt.report.html import figure_png, img, table_html, write_report
+from prefopt.report.html import Figures, esc, page, table_html, write_text_atomic
 
 
 def _mean_se(point, objective: str) -> str:
@@ -30,12 +30,13 @@ def write_front_report(front: Front, path: str | Path, figure) -> Path:
     total, shared = front.total_cost(), front.shared_cost
     hv = "n/a" if front.hypervolume is None else f"{front.hypervolume:.4g}"
     ref = [round(r, 4) for r in front.reference] if front.reference is not None else None
-    summary = (f"<p>Method <b>{front.method}</b> over {', '.join(front.objectives)}: {len(front.points)} points, "
-               f"hypervolume <b>{hv}</b> at reference point {ref} ({front.reference_source}).</p>"
+    summary = (f"<p>Method <b>{esc(front.method)}</b> over {esc(', '.join(front.objectives))}: {len(front.points)} "
+               f"points, hypervolume <b>{hv}</b> at reference point {ref} ({esc(front.reference_source)}).</p>"
                f"<p>Shared cost (trainings all points use): {shared.gradient_steps} gradient steps, "
                f"{shared.sampled_tokens} sampled tokens, {shared.wall_seconds:.1f} s. Total cost: "
                f"{total.gradient_steps} gradient steps, {total.sampled_tokens} sampled tokens, "
-               f"{total.wall_seconds:.1f} s.</p>")
-    return write_report(Path(path), f"prefopt front: {front.method}", [
-        ("Summary", summary), ("Front", img(figure_png(figure))),
-        ("Points (held-out means ± standard error)", table_html(point_rows(front)))])
+               f"{total.wall_seconds:.1f} s wall, {total.cpu_seconds:.1f} s CPU.</p>")
+    plot = Figures(None, inline=True).img(figure, "front", f"{front.method} front")
+    return write_text_atomic(Path(path), page(f"prefopt front: {front.method}", "held-out means ± standard error", [
+        ("summary", "Summary", summary), ("front", "Front", plot),
+        ("points", "Points", table_html(point_rows(front)))]))
