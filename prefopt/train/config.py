@@ -13,6 +13,7 @@ from prefopt.rollout.engine import SamplingConfig
 from prefopt.seeding import SEED_MAX
 from prefopt.train.online_config import OnlineConfig
 from prefopt.train.hybrid_config import HypoConfig, MixConfig, ResetConfig
+from prefopt.objectives.config import ModpoConfig, RicConfig
 from prefopt.train.presets import OPTIONAL_SECTIONS, algo_help, check_sections
 from prefopt.train.recipe_config import PartSpec, check_recipe
 from prefopt.validation import bad_value
@@ -128,6 +129,10 @@ class TrainConfig:
     recipe: list[PartSpec] = field(default_factory=list, metadata={"help": (
         "A recipe written directly (algo.name: recipe): parts [{source: {name, ...}, terms: [{name, weight, ...}]}] "
         "(docs/hybrid.md).")})
+    modpo: ModpoConfig = field(default_factory=ModpoConfig, metadata={"help": (
+        "MODPO (algo.name: modpo): preference weights, margin sources of the other objectives, loss type.")})
+    ric: RicConfig = field(default_factory=RicConfig, metadata={"help": (
+        "Rewards-in-context (algo.name: ric): conditioned objectives, online rounds, preference-to-target mapping.")})
     output_dir: str = field(default="runs", metadata={"help": "Runs are written to <output_dir>/<run_name>."})
     run_name: str | None = field(default=None, metadata={"help": "Run folder name; default '<algo>-<timestamp>'."})
 

@@ -65,6 +65,10 @@ _TABLE = [
            ONLINE_SECTIONS + ("reset",), online=True),
     Preset("recipe", "recipe", "sources × weighted terms written in YAML (the recipe section)",
            ONLINE_SECTIONS + ("recipe", "reward")),
+    Preset("modpo", "modpo", "DPO on one preference, the other objectives' rewards as margins (MODPO)",
+           BASE_SECTIONS + ("perf", "modpo")),
+    Preset("ric", "ric", "rewards-in-context: SFT on prompts carrying each response's target scores",
+           BASE_SECTIONS + ("perf", "ric")),
 ]
 PRESETS: dict[str, Preset] = {p.name: p for p in _TABLE}
 # Every top-level section some algorithm may ignore (the rest are read by all).

@@ -58,3 +58,4 @@ from prefopt.cli.builders import offline  # noqa: E402,F401  (registers sft, dpo
 from prefopt.cli.builders import online  # noqa: E402,F401  (registers rloo, grpo, ppo, online_dpo, ...)
 from prefopt.cli.builders import hybrid  # noqa: E402,F401  (registers hypo, drpo)
 from prefopt.cli.builders import recipe  # noqa: E402,F401  (registers recipe: the YAML recipe section)
+from prefopt.cli.builders import multiobjective  # noqa: E402,F401  (registers modpo, ric)

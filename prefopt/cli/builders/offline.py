@@ -84,11 +84,14 @@ def _prepare_tokenizer(cfg: TrainConfig, tokenizer) -> None:
     set_chat_template(tokenizer, cfg.data.chat_template)
 
 
-def encode_pair_data(cfg: TrainConfig, tokenizer) -> tuple[list, list, dict, list]:
+def encode_pair_data(cfg: TrainConfig, tokenizer, transform=None) -> tuple[list, list, dict, list]:
     """Encoded train pairs (index 0..N-1) and eval pairs (index N..N+M-1), stats, and each
-    pair's ``margin`` column value (None where absent), by index."""
+    pair's ``margin`` column value (None where absent), by index. ``transform(rows)`` may rewrite
+    the validated rows first (e.g. add score columns)."""
     _prepare_tokenizer(cfg, tokenizer)
     train_rows, eval_rows, stats, src, ev_src = _rows(cfg, "pairwise")
+    if transform is not None:
+        train_rows, eval_rows = transform(train_rows), transform(eval_rows) if eval_rows else eval_rows
     tr, tr_stats = encode_pairwise(tokenizer, train_rows, source=src, **_lengths(cfg))
     ev, ev_stats = (encode_pairwise(tokenizer, eval_rows, start_index=len(tr), source=ev_src, **_lengths(cfg))
                     if eval_rows else ([], None))
