@@ -7,6 +7,13 @@ A *judge* answers ``judge(prompt, a, b) -> P(a ≻ b)`` in [0, 1]. Sources, by c
 - ``bt:SCORER``: a Bradley-Terry judge σ((r(a) − r(b)) / temperature) over any scorer name that
   :func:`prefopt.rollout.scorers.resolve_scorer` knows (``bt:gold:informativeness``,
   ``bt:reward_model:PATH``, ``bt:module:function``); option ``temperature`` (default 1).
+- ``pairwise_model:PATH``: a *pairwise* preference model, i.e. a reward model trained (with the
+  ordinary reward-model code) on pair texts: the "response" of a row is ``pair_text(a, b)`` =
+  ``" [A]" + a + " [B]" + b`` and each preference pair (y_w, y_l) becomes the reward-model pair
+  (chosen = pair_text(y_w, y_l), rejected = pair_text(y_l, y_w)) (:func:`pairwise_model_rows`).
+  The Bradley-Terry loss on those rows is −log σ(s(y_w, y_l) − s(y_l, y_w)), so the judge is
+  P(a ≻ b) = σ(s(x, a, b) − s(x, b, a)): antisymmetric by construction (P(a ≻ b) + P(b ≻ a) = 1,
+  P(a ≻ a) = ½) and, unlike a scalar reward, able to represent intransitive preferences.
 - ``module:function``: a Python judge function (with ``options``, a factory returning one).
 
 Every value is checked: an exception, NaN or a value outside [0, 1] stops with a
@@ -143,6 +150,54 @@ class RewardJudge(NamedJudge):
         return self._bt(prompt, samples, samples)  # σ(0) = ½ on the diagonal, exactly antisymmetric
 
 
+PAIR_A, PAIR_B = " [A]", " [B]"
+
+
+def pair_text(a: str, b: str) -> str:
+    """The text a pairwise preference model scores for "a against b" (see the module docstring)."""
+    return f"{PAIR_A}{a}{PAIR_B}{b}"
+
+
+def pairwise_model_rows(rows: Sequence[Mapping]) -> list[dict]:
+    """Preference rows {prompt, chosen, rejected} → reward-model rows over pair texts, both orders."""
+    out = []
+    for i, r in enumerate(rows):
+        missing = [k for k in ("prompt", "chosen", "rejected") if k not in r]
+        if missing:
+            raise ConfigError(f"pairwise_model_rows: row {i} has no {', '.join(missing)} (expected prompt, "
+                              "chosen, rejected)")
+        out.append({"prompt": r["prompt"], "chosen": pair_text(r["chosen"], r["rejected"]),
+                    "rejected": pair_text(r["rejected"], r["chosen"])})
+    return out
+
+
+class PairwiseModelJudge(NamedJudge):
+    """P(a ≻ b) = σ(s(x, pair_text(a, b)) − s(x, pair_text(b, a))) from a scorer ``s`` trained on
+    :func:`pairwise_model_rows`. Blocks and matrices score all ordered pairs in one call."""
+
+    def __init__(self, scorer: Callable, name: str):
+        self.scores = RewardJudge(scorer, name)  # validated scalar outputs
+        super().__init__(self._one, name)
+
+    def _one(self, prompt: str, a: str, b: str) -> float:
+        return float(self._block(prompt, [a], [b])[0, 0])
+
+    def _block(self, prompt: str, a: Sequence[str], b: Sequence[str]) -> torch.Tensor:
+        forward = [pair_text(x, y) for x in a for y in b]
+        backward = [pair_text(y, x) for x in a for y in b]
+        s = torch.tensor(self.scores.rewards([prompt] * (2 * len(forward)), forward + backward), dtype=torch.float64)
+        n = len(forward)
+        return torch.sigmoid(s[:n] - s[n:]).reshape(len(a), len(b))
+
+    def block(self, prompt, a, b, label=""):
+        return self._block(prompt, a, b)
+
+    def matrix(self, prompt, samples, both_orders=False, label=""):
+        out = self._block(prompt, samples, samples)
+        out.fill_diagonal_(0.5)  # σ(s(a, a) − s(a, a)) = ½ exactly; rounding aside
+        return out
+
+
 def as_judge(judge: NamedJudge | JudgeFn, name: str | None = None) -> NamedJudge:
     """A :class:`NamedJudge` (a plain callable is named after its function)."""
     if isinstance(judge, NamedJudge):
@@ -185,6 +240,9 @@ def build_judge(spec: str, *, task=None, options: dict | None = None) -> NamedJu
         temperature = options.pop("temperature", 1.0)
         scorer, _ = resolve_scorer(spec[3:], task=task, options=options)
         return RewardJudge(scorer, spec, temperature)
+    if spec.startswith("pairwise_model:"):
+        scorer, _ = resolve_scorer("reward_model:" + spec.split(":", 1)[1], task=task, options=options)
+        return PairwiseModelJudge(scorer, spec)
     return function_judge(spec, options)
 
 

@@ -12,6 +12,7 @@ from prefopt.rollout.engine import SamplingConfig
 from prefopt.train.online_config import OnlineConfig
 from prefopt.train.hybrid_config import HypoConfig, MixConfig, ResetConfig
 from prefopt.train.presets import OPTIONAL_SECTIONS, algo_help, check_sections
+from prefopt.train.selfplay_config import HedgeConfig, SelfPlayConfig
 
 
 @dataclass
@@ -105,6 +106,10 @@ class TrainConfig:
         "HyPO (algo.name: hypo): the online reverse-KL term's λ, samples per prompt and prompts per step.")})
     reset: ResetConfig = field(default_factory=ResetConfig, metadata={"help": (
         "DR-PO dataset resets (algo.name: drpo): reset probability, response column, policy-gradient optimizer.")})
+    selfplay: SelfPlayConfig = field(default_factory=SelfPlayConfig, metadata={"help": (
+        "Self-play / Nash presets (sppo, inpo, egpo, online_ipo, dno, selm, spo): the judge and each method's knobs.")})
+    hedge: HedgeConfig = field(default_factory=HedgeConfig, metadata={"help": (
+        "A Hedge ensemble of judges as the preference source (selfplay.judge or online.judge: hedge).")})
     output_dir: str = field(default="runs", metadata={"help": "Runs are written to <output_dir>/<run_name>."})
     run_name: str | None = field(default=None, metadata={"help": "Run folder name; default '<algo>-<timestamp>'."})
 
