@@ -3,7 +3,9 @@
 A *judge* answers ``judge(prompt, a, b) -> P(a ≻ b)`` in [0, 1]. Sources, by config name
 (:func:`build_judge`):
 
-- ``lab``: the lab task's gold pairwise judge (a task with a ``judge`` method, e.g. ``reviews_rps``).
+- ``lab``: the lab task's gold pairwise judge (a task with a ``judge`` method, e.g. ``reviews_rps``);
+  ``lab:noisy`` = (1 − ν)·P_gold + ν·U with U a uniform fixed per (prompt, a, b) by a hash (option
+  ``noise`` ν, default 0.5), ``lab:adversarial`` = 1 − P_gold: the weak experts of a Hedge ensemble.
 - ``bt:SCORER``: a Bradley-Terry judge σ((r(a) − r(b)) / temperature) over any scorer name that
   :func:`prefopt.rollout.scorers.resolve_scorer` knows (``bt:gold:informativeness``,
   ``bt:reward_model:PATH``, ``bt:module:function``); option ``temperature`` (default 1).
@@ -24,6 +26,7 @@ compare policies through their samples.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
@@ -34,6 +37,7 @@ from prefopt.errors import ConfigError, PrefoptError
 from prefopt.rollout.scorers import RewardError, import_callable, judge_from_reward, resolve_scorer
 
 JudgeFn = Callable[[str, str, str], float]
+LAB_JUDGES = ("lab", "lab:noisy", "lab:adversarial")
 
 
 def _short(text: str, limit: int = 40) -> str:
@@ -217,6 +221,23 @@ def lab_judge(task) -> NamedJudge:
     return NamedJudge(fn, f"lab:{task.name}")
 
 
+def _pair_uniform(prompt, a: str, b: str) -> float:
+    digest = hashlib.sha256(repr((prompt, a, b)).encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0 ** 64
+
+
+def noisy_judge(gold: NamedJudge, noise: float = 0.5) -> NamedJudge:
+    """(1 − ν)·P_gold(a ≻ b) + ν·U(prompt, a, b), U uniform and fixed per triple (reproducible)."""
+    if not 0.0 <= noise <= 1.0:
+        raise ConfigError(f"judge 'lab:noisy': noise must be in [0, 1], got {noise}")
+    return NamedJudge(lambda p, a, b: (1 - noise) * gold(p, a, b) + noise * _pair_uniform(p, a, b), "lab:noisy")
+
+
+def adversarial_judge(gold: NamedJudge) -> NamedJudge:
+    """1 − P_gold(a ≻ b): always the wrong side, with the gold's confidence."""
+    return NamedJudge(lambda p, a, b: 1.0 - gold(p, a, b), "lab:adversarial")
+
+
 def function_judge(spec: str | JudgeFn, options: dict | None = None, name: str | None = None) -> NamedJudge:
     """A Python judge: a callable, or ``module:function`` (a factory called with ``options``)."""
     if not isinstance(spec, str):
@@ -230,12 +251,17 @@ def function_judge(spec: str | JudgeFn, options: dict | None = None, name: str |
 def build_judge(spec: str, *, task=None, options: dict | None = None) -> NamedJudge:
     """The judge a config names: ``lab``, ``bt:SCORER`` or ``module:function`` (see module docstring)."""
     options = dict(options or {})
-    if spec == "lab":
+    if spec in LAB_JUDGES:
         if task is None:
-            raise ConfigError("judge 'lab': needs a lab task (data.task)")
-        if options:
-            raise ConfigError(f"judge 'lab': takes no options, got {sorted(options)}")
-        return lab_judge(task)
+            raise ConfigError(f"judge '{spec}': needs a lab task (data.task)")
+        allowed = {"lab:noisy": {"noise"}}.get(spec, set())
+        if set(options) - allowed:
+            raise ConfigError(f"judge '{spec}': unknown options {sorted(set(options) - allowed)} "
+                              f"(takes {sorted(allowed) or 'none'})")
+        gold = lab_judge(task)
+        if spec == "lab:noisy":
+            return noisy_judge(gold, **options)
+        return adversarial_judge(gold) if spec == "lab:adversarial" else gold
     if spec.startswith("bt:"):
         temperature = options.pop("temperature", 1.0)
         scorer, _ = resolve_scorer(spec[3:], task=task, options=options)

@@ -9,7 +9,8 @@ from typing import Literal
 
 from prefopt.errors import ConfigError
 
-JUDGE_HELP = ("Preference source P(a ≻ b): 'lab' (the lab task's gold judge, e.g. reviews_rps), 'bt:SCORER' "
+JUDGE_HELP = ("Preference source P(a ≻ b): 'lab' (the lab task's gold judge, e.g. reviews_rps; 'lab:noisy' and "
+              "'lab:adversarial' are degraded copies of it), 'bt:SCORER' "
               "(Bradley-Terry over a scorer: bt:gold:informativeness, bt:reward_model:PATH), "
               "'pairwise_model:PATH' (a reward model trained on swapped pair texts, see docs/selfplay.md), "
               "'module:function' (a Python judge), or 'hedge' (a Hedge ensemble, the hedge section).")

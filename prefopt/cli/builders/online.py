@@ -74,10 +74,13 @@ def _judge(cfg: TrainConfig, task=None):
     return resolve_judge(cfg.online.judge, options=cfg.online.judge_options, on_error=cfg.online.on_reward_error)
 
 
-def _attach_judge(algo, judge):
-    from prefopt.cli.builders.selfplay import attach_judge
+def _with_lab_eval(algo, exp, task, model, judge):
+    """A learning judge (Hedge) checkpointed and logged with the recipe; on a lab task with a gold
+    judge (reviews_rps) evaluation adds exploitability and the win rate vs the initial policy."""
+    from prefopt.cli.builders.selfplay import attach_judge, selfplay_evaluator
     if judge is not None:
         attach_judge(algo, judge.fn)
+    algo._evaluate = selfplay_evaluator(exp, task, model)
     return algo
 
 
@@ -243,7 +246,7 @@ def build_online_dpo(cfg: TrainConfig, model, tokenizer) -> tuple[Algorithm, dic
     if cfg.mix.path:
         algo.term.reference = reference if needs_ref else None  # offline pairs get their reference pass here
         algo = _mixed(cfg, tokenizer, algo, budget=cfg.online.prompts_per_step)
-    return _attach_judge(algo, judge), exp.stats
+    return _with_lab_eval(algo, exp, task, model, judge), exp.stats
 
 
 def _rounds_kwargs(cfg: TrainConfig) -> dict:
@@ -267,7 +270,7 @@ def build_iterative_dpo(cfg: TrainConfig, model, tokenizer) -> tuple[Algorithm, 
     judge = _judge(cfg, task)
     algo = IterativeDPO(exp, loss_fn=loss_fn, beta=cfg.algo.beta, hparams=hparams, judge=judge,
                         prefix_sharing=cfg.perf.prefix_sharing, padding_free=cfg.perf.padding_free, **kw)
-    return _attach_judge(algo, judge), exp.stats
+    return _with_lab_eval(algo, exp, task, model, judge), exp.stats
 
 
 @register("raft")

@@ -17,7 +17,8 @@ PREFERENCE_PREFIXES = ("bt:", "pairwise_model:")
 
 
 def is_preference_spec(spec: str) -> bool:
-    return spec in ("lab", "hedge") or spec.startswith(PREFERENCE_PREFIXES)
+    from prefopt.rollout.preferences import LAB_JUDGES
+    return spec in LAB_JUDGES or spec == "hedge" or spec.startswith(PREFERENCE_PREFIXES)
 
 
 def preference_judge(cfg: TrainConfig, task, spec: str | None = None, options: dict | None = None):
@@ -140,11 +141,10 @@ def build_egpo(cfg: TrainConfig, model, tokenizer):
 @register("spo")
 def build_spo(cfg: TrainConfig, model, tokenizer):
     """SPO: the ``selfplay.pg`` policy-gradient preset with win proportions as rewards."""
-    from prefopt.train.pg_settings import resolve_settings
     from prefopt.train.sources.selfplay import SPODraw
 
     pg_cfg = dataclasses.replace(cfg, algo=dataclasses.replace(cfg.algo, name=cfg.selfplay.pg))
-    k = resolve_settings(cfg.selfplay.pg, cfg.online).num_generations
+    k = cfg.online.num_generations or PRESETS[cfg.selfplay.pg].defaults["num_generations"]
     if k < 2:
         raise ConfigError(f"online.num_generations: spo's win proportions compare the samples of a prompt, it "
                           f"needs >= 2 (got {k})")
