@@ -22,6 +22,7 @@ from prefopt.tasks.tokenizer import train_tokenizer
 from prefopt.train.config import TrainConfig
 from prefopt.train.loop import TrainResult, train
 from prefopt.train.metrics import MetricsLogger
+from prefopt.validation import check_config
 
 def cache_dir() -> Path:
     return Path(os.environ.get("PREFOPT_CACHE", Path.home() / ".cache" / "prefopt"))
@@ -69,6 +70,7 @@ def run_dir_for(cfg: TrainConfig) -> Path:
 def run_train(cfg: TrainConfig, *, resume: bool = False, run_dir: Path | None = None,
               evaluators=None) -> RunOutput:
     """Build tokenizer, model, data, algorithm and optimizer from ``cfg``; train; return the run."""
+    check_config(cfg)  # configs built in code (demo, compare, tests) get the checks YAML configs get
     run_dir = Path(run_dir) if run_dir else run_dir_for(cfg)
     if resume and not run_dir.exists():
         raise ConfigError(f"--resume: run directory {run_dir} does not exist")

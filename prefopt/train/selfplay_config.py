@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from prefopt.errors import ConfigError
+from prefopt.validation import bad_value
 
 JUDGE_HELP = ("Preference source P(a ≻ b): 'lab' (the lab task's gold judge, e.g. reviews_rps; 'lab:noisy' and "
               "'lab:adversarial' are degraded copies of it), 'bt:SCORER' "
@@ -24,20 +24,20 @@ class SelfPlayConfig:
     both_orders: bool = field(default=False, metadata={"help": (
         "Ask the judge both orders of each pair and average (cancels position bias; twice the calls).")})
     eta: float = field(default=1.0, metadata={"help": (
-        "INPO: η, the inverse step size of online mirror descent (target margin 1/(2η)).")})
+        "INPO: η, the inverse step size of online mirror descent (target margin 1/(2η))."), "gt": 0})
     rho: float = field(default=0.1, metadata={"help": (
-        "INPO: ρ = τ/η ∈ [0, 1], the weight of the fixed reference in the anchor ρ·ℓ_ref + (1 − ρ)·ℓ_t.")})
+        "INPO: ρ = τ/η ∈ [0, 1], the weight of the fixed reference in the anchor ρ·ℓ_ref + (1 − ρ)·ℓ_t."), "min": 0, "max": 1})
     alpha: float = field(default=1.0e-3, metadata={"help": (
-        "SELM: α of the optimism term αβ·Δ(y_ref) (reference 1e-4 … 1e-3).")})
+        "SELM: α of the optimism term αβ·Δ(y_ref) (reference 1e-4 … 1e-3)."), "min": 0})
     margin: float = field(default=0.1, metadata={"help": (
-        "DNO: keep a pair only when its win-rate gap P̂(y_w) − P̂(y_l) is at least this.")})
+        "DNO: keep a pair only when its win-rate gap P̂(y_w) − P̂(y_l) is at least this."), "min": 0})
     pairs_per_prompt: int = field(default=1, metadata={"help": (
-        "DNO: disjoint pairs per prompt (r-th best vs r-th worst), at most K // 2.")})
+        "DNO: disjoint pairs per prompt (r-th best vs r-th worst), at most K // 2."), "min": 1})
     mixture_coef: float = field(default=1.0, metadata={"help": (
         "EGPO / online IPO: α of the geometric mixture π_θ^{1−α}·π_ref^α the pair y, y′ is sampled from "
-        "(1 = π_ref, the reference code's default; 0 = π_θ).")})
+        "(1 = π_ref, the reference code's default; 0 = π_θ)."), "min": 0, "max": 1})
     num_opponents: int = field(default=1, metadata={"help": (
-        "EGPO / online IPO: samples y″ ∼ π_θ per prompt the pair is judged against (when mixture_coef > 0).")})
+        "EGPO / online IPO: samples y″ ∼ π_θ per prompt the pair is judged against (when mixture_coef > 0)."), "min": 1})
     extragradient: bool | None = field(default=None, metadata={"help": (
         "EGPO: look-ahead step then the real step from the restored parameters and optimizer state "
         "(default: egpo true, online_ipo false).")})
@@ -45,22 +45,6 @@ class SelfPlayConfig:
         "EGPO / online IPO: length-averaged log-probs in the loss (the reference code's default).")})
     pg: Literal["rloo", "grpo", "dr_grpo", "reinforce_pp"] = field(default="rloo", metadata={"help": (
         "SPO: the policy-gradient preset trained on the win-proportion rewards (its defaults apply).")})
-
-    def validate(self) -> None:
-        if not self.eta > 0:
-            raise ConfigError(f"selfplay.eta: got {self.eta}, expected > 0")
-        if not 0.0 <= self.rho <= 1.0:
-            raise ConfigError(f"selfplay.rho: got {self.rho}, expected a value in [0, 1]")
-        if self.alpha < 0:
-            raise ConfigError(f"selfplay.alpha: got {self.alpha}, expected >= 0")
-        if self.margin < 0:
-            raise ConfigError(f"selfplay.margin: got {self.margin}, expected >= 0")
-        if self.pairs_per_prompt < 1:
-            raise ConfigError(f"selfplay.pairs_per_prompt: got {self.pairs_per_prompt}, expected >= 1")
-        if not 0.0 <= self.mixture_coef <= 1.0:
-            raise ConfigError(f"selfplay.mixture_coef: got {self.mixture_coef}, expected a value in [0, 1]")
-        if self.num_opponents < 1:
-            raise ConfigError(f"selfplay.num_opponents: got {self.num_opponents}, expected >= 1")
 
 
 @dataclass
@@ -73,22 +57,16 @@ class HedgeConfig:
     gold: str = field(default="lab", metadata={"help": (
         "The labeller of the feedback pairs (a judge spec; its P(a ≻ b) is the soft label).")})
     feedback: float = field(default=0.25, metadata={"help": (
-        "Fraction of judged pairs that also get a gold label and update the weights (drawn with a seeded RNG).")})
+        "Fraction of judged pairs that also get a gold label and update the weights (drawn with a seeded RNG)."), "min": 0, "max": 1})
     eta: float | None = field(default=None, metadata={"help": (
-        "Fixed step size η; null with horizon null = the doubling trick.")})
+        "Fixed step size η; null with horizon null = the doubling trick."), "gt": 0})
     horizon: int | None = field(default=None, metadata={"help": (
-        "Known number of feedback rounds T: η = sqrt(8 ln K / T).")})
+        "Known number of feedback rounds T: η = sqrt(8 ln K / T)."), "min": 1})
     loss: Literal["absolute", "squared", "zero_one"] = field(default="absolute", metadata={"help": (
         "Expert loss against the gold label: |p − y|, (p − y)², or 0/1 on the side.")})
 
-    def validate(self) -> None:
-        if not 0.0 <= self.feedback <= 1.0:
-            raise ConfigError(f"hedge.feedback: got {self.feedback}, expected a fraction in [0, 1]")
-        if self.eta is not None and not self.eta > 0:
-            raise ConfigError(f"hedge.eta: got {self.eta}, expected > 0 (or null for the doubling trick)")
-        if self.horizon is not None and self.horizon < 1:
-            raise ConfigError(f"hedge.horizon: got {self.horizon}, expected >= 1")
+    def validate(self, prefix: str = "hedge.") -> None:
         if self.judges and len(self.judges) < 2:
-            raise ConfigError(f"hedge.judges: an ensemble needs at least 2 experts, got {self.judges}")
+            raise bad_value(f"{prefix}judges", self.judges, "at least 2 judge specs (an ensemble needs at least 2 experts)")
         if self.eta is not None and self.horizon is not None:
-            raise ConfigError("hedge: give eta (fixed) or horizon (tuned η), not both")
+            raise bad_value(f"{prefix}eta", self.eta, f"null when {prefix}horizon is set (fixed η or horizon-tuned η, not both)")
