@@ -43,6 +43,7 @@ ROLLOUT_CALL = "rollout.call"
 ROLLOUT_EVAL = "rollout.eval"
 ONLINE_PREF_ROUND = "online_pref.round"
 PPO_MINIBATCHES = "ppo.minibatches"
+HEDGE_FEEDBACK = "hedge.feedback"
 
 PURPOSES: dict[str, str] = {
     GLOBAL: "Python/NumPy/torch global generators (dropout, anything unseeded)",
@@ -65,6 +66,7 @@ PURPOSES: dict[str, str] = {
     ROLLOUT_EVAL: "fixed evaluation samples of an online algorithm; index: prompt",
     ONLINE_PREF_ROUND: "data order of one online/iterative DPO round; index: round",
     PPO_MINIBATCHES: "PPO epoch/minibatch shuffles; index: rollout count",
+    HEDGE_FEEDBACK: "which judged pairs a Hedge labeller asks the gold label for; index: judge call",
 }
 
 

@@ -123,10 +123,10 @@ def test_online_dpo_hedge_state_is_checkpointed(tmp_path):
     ("dno", ["selfplay.judge=selfplay_judges:nan"], RewardError, r"judge 'selfplay_judges:nan': returned nan"),
     ("sppo", ["online.num_generations=1"], ConfigError, r"online.num_generations: sppo ranks the samples.*>= 2"),
     ("spo", ["online.num_generations=1"], ConfigError, r"online.num_generations: spo's win proportions.*>= 2"),
-    ("inpo", ["selfplay.eta=0"], ConfigError, r"selfplay.eta: got 0.0, expected > 0"),
+    ("inpo", ["selfplay.eta=0"], ConfigError, r"selfplay.eta: got 0(\.0)?, expected a number > 0"),
     ("inpo", ["algo.reference=none"], ConfigError, r"algo.reference: 'inpo'.*uses a reference policy"),
-    ("online_dpo_hedge", ["hedge.judges=[lab]"], ConfigError, r"hedge.judges: an ensemble needs at least 2"),
-    ("online_dpo_hedge", ["hedge.eta=-1"], ConfigError, r"hedge.eta: got -1.0, expected > 0"),
+    ("online_dpo_hedge", ["hedge.judges=[lab]"], ConfigError, r"hedge.judges: got \[.lab.\], expected at least 2 judge specs"),
+    ("online_dpo_hedge", ["hedge.eta=-1"], ConfigError, r"hedge.eta: got -1(\.0)?, expected a number > 0"),
     ("sppo", ["selfplay.judge=lab", "data.task=reviews"], ConfigError, r"judge 'lab': task 'reviews' has no gold"),
 ])
 def test_bad_input_stops_with_a_clear_error(name, over, error, message, tmp_path):

@@ -23,6 +23,7 @@ from typing import Callable, Sequence
 import torch
 
 from prefopt.errors import ConfigError, DataError
+from prefopt.seeding import HEDGE_FEEDBACK, derive_seed
 from prefopt.rollout.preferences import NamedJudge, RewardJudge, as_judge
 
 ETA_MODES = ("fixed", "horizon", "doubling")
@@ -264,7 +265,7 @@ class HedgeLabeller(NamedJudge):
 
     def _draw(self) -> float:
         # One uniform per call, a pure function of (seed, call index): resumable without RNG state.
-        return random.Random(self.seed * 1_000_003 + self.calls).random()
+        return random.Random(derive_seed(self.seed, HEDGE_FEEDBACK, self.calls)).random()
 
     def _label(self, prompt, a: str, b: str) -> float:
         probs = self.ensemble.expert_probs([prompt], [a], [b])

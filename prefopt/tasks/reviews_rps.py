@@ -182,7 +182,9 @@ class ReviewsRPSTask(ReviewsTask):
     def judged_pairs(self, n: int, seed: int = 0) -> list[dict]:
         """``n`` pairs of base-distribution responses to train prompts, each labelled by a draw from the
         gold judge (a wins with probability P(a ≻ b)); identical responses are redrawn."""
-        rng = random.Random(seed)
+        from prefopt.seeding import PREFDATA_LABELS, derive_seed
+
+        rng = random.Random(derive_seed(seed, PREFDATA_LABELS))
         prompts = self.prompts("train", n, seed=seed)
         rows = []
         for prompt in prompts:
