@@ -26,7 +26,8 @@ class SelfPlayConfig:
     eta: float = field(default=1.0, metadata={"help": (
         "INPO: η, the inverse step size of online mirror descent (target margin 1/(2η))."), "gt": 0})
     rho: float = field(default=0.1, metadata={"help": (
-        "INPO: ρ = τ/η ∈ [0, 1], the weight of the fixed reference in the anchor ρ·ℓ_ref + (1 − ρ)·ℓ_t."), "min": 0, "max": 1})
+        "INPO: ρ = τ/η ∈ [0, 1], the weight of the fixed reference in the anchor ρ·ℓ_ref + (1 − ρ)·ℓ_t."),
+        "min": 0, "max": 1})
     alpha: float = field(default=1.0e-3, metadata={"help": (
         "SELM: α of the optimism term αβ·Δ(y_ref) (reference 1e-4 … 1e-3)."), "min": 0})
     margin: float = field(default=0.1, metadata={"help": (
@@ -35,9 +36,11 @@ class SelfPlayConfig:
         "DNO: disjoint pairs per prompt (r-th best vs r-th worst), at most K // 2."), "min": 1})
     mixture_coef: float = field(default=1.0, metadata={"help": (
         "EGPO / online IPO: α of the geometric mixture π_θ^{1−α}·π_ref^α the pair y, y′ is sampled from "
-        "(1 = π_ref, the reference code's default; 0 = π_θ)."), "min": 0, "max": 1})
+        "(1 = π_ref, the reference code's default; 0 = π_θ)."),
+        "min": 0, "max": 1})
     num_opponents: int = field(default=1, metadata={"help": (
-        "EGPO / online IPO: samples y″ ∼ π_θ per prompt the pair is judged against (when mixture_coef > 0)."), "min": 1})
+        "EGPO / online IPO: samples y″ ∼ π_θ per prompt the pair is judged against (when mixture_coef > 0)."),
+        "min": 1})
     extragradient: bool | None = field(default=None, metadata={"help": (
         "EGPO: look-ahead step then the real step from the restored parameters and optimizer state "
         "(default: egpo true, online_ipo false).")})
@@ -57,7 +60,8 @@ class HedgeConfig:
     gold: str = field(default="lab", metadata={"help": (
         "The labeller of the feedback pairs (a judge spec; its P(a ≻ b) is the soft label).")})
     feedback: float = field(default=0.25, metadata={"help": (
-        "Fraction of judged pairs that also get a gold label and update the weights (drawn with a seeded RNG)."), "min": 0, "max": 1})
+        "Fraction of judged pairs that also get a gold label and update the weights (drawn with a seeded RNG)."),
+        "min": 0, "max": 1})
     eta: float | None = field(default=None, metadata={"help": (
         "Fixed step size η; null with horizon null = the doubling trick."), "gt": 0})
     horizon: int | None = field(default=None, metadata={"help": (
@@ -67,6 +71,8 @@ class HedgeConfig:
 
     def validate(self, prefix: str = "hedge.") -> None:
         if self.judges and len(self.judges) < 2:
-            raise bad_value(f"{prefix}judges", self.judges, "at least 2 judge specs (an ensemble needs at least 2 experts)")
+            raise bad_value(f"{prefix}judges", self.judges,
+                            "at least 2 judge specs (an ensemble needs at least 2 experts)")
         if self.eta is not None and self.horizon is not None:
-            raise bad_value(f"{prefix}eta", self.eta, f"null when {prefix}horizon is set (fixed η or horizon-tuned η, not both)")
+            raise bad_value(f"{prefix}eta", self.eta,
+                            f"null when {prefix}horizon is set (fixed η or horizon-tuned η, not both)")

@@ -138,7 +138,8 @@ class SelfPlayRows:
                  both_orders: bool = False, reference=None, margin: float = 0.0, pairs_per_prompt: int = 1,
                  task=None):
         if method not in ROUND_METHODS:
-            raise ConfigError(f"algo.name: '{method}' is not a round-based self-play method ({', '.join(ROUND_METHODS)})")
+            raise ConfigError(f"algo.name: '{method}' is not a round-based self-play method "
+                              f"({', '.join(ROUND_METHODS)})")
         if method == "inpo" and reference is None:
             raise ConfigError("algo.reference: inpo needs the fixed reference policy (copy, or lora with lora.enabled)")
         self.method, self.exp, self.judge, self.k = method, experience, judge, k
