@@ -71,7 +71,7 @@ BAD_CONFIGS = [
     (["train.steps=many"], "train.steps: got 'many' (str), expected int"),
     (["train.stepz=3"], "unknown config key 'train.stepz'; did you mean 'train.steps'? (valid: steps, batch_size, "
                         "grad_accum, max_grad_norm, lr_schedule, warmup_steps, min_lr_ratio, seed, eval_every, "
-                        "eval_on_start, save_every, keep_checkpoints, progress, tensorboard, wandb_project, threads)"),
+                        "eval_on_start, save_every, keep_checkpoints, checkpoint_fallback, progress, tensorboard, wandb_project, threads)"),
 ]
 
 
@@ -159,8 +159,8 @@ BAD_INPUTS = [
     (["data.path=missing.jsonl"], "data.path: got 'missing.jsonl', expected an existing path (no such file or directory)"),
     (["data.eval_path=/no/eval.csv"], "data.eval_path: got '/no/eval.csv', expected an existing path "
                                       "(no such file or directory)"),
-    (["data.task=revews"], "data.task: unknown task 'revews'; did you mean 'reviews'? (known: arithmetic, reviews)"),
-    (["online.reward=[{name: 'reward_model:./rm'}]"],
+    (["data.task=revews"], "data.task: unknown task 'revews'; did you mean 'reviews'? (known: arithmetic, reviews, reviews_rps)"),
+    (["algo.name=grpo", "online.reward=[{name: 'reward_model:./rm'}]"],
      "online.reward[0].name: got './rm', expected an existing path (no such file or directory)"),
     (["output_dir=taken.jsonl/runs"], "output_dir: got 'taken.jsonl/runs', expected a directory "
                                       "({tmp}/taken.jsonl is a file)"),

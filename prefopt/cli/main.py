@@ -66,6 +66,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("config", nargs="?", help="YAML config file")
     t.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.steps=50")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its newest checkpoint")
+    t.add_argument("--overwrite", action="store_true",
+                   help="start a new run in a run directory that holds files, clearing it first")
     t.add_argument("--check", action="store_true",
                    help="validate the config and the model, data and output paths, then exit")
 
@@ -90,7 +92,28 @@ def _parser() -> argparse.ArgumentParser:
     mk.add_argument("--model", required=True, help="model directory (or tiny:NAME for an untrained tiny model)")
     mk.add_argument("--out", required=True, help="output JSONL file")
     mk.add_argument("overrides", nargs="*", help="key=value overrides, e.g. flip_rate=0.2 num_prompts=256")
+    _add_report_parser(sub)
     return p
+
+
+def _add_report_parser(sub) -> None:
+    """``prefopt report``: its options are the fields of ReportConfig (help from the field docs)."""
+    import dataclasses
+
+    from prefopt.report.build import ReportConfig
+
+    r = sub.add_parser("report", help="HTML report (and PNGs) of one or more run directories, side by side",
+                       description=ReportConfig.__doc__)
+    r.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
+                   help="a run directory (with metrics.jsonl) or a folder of runs (e.g. a demo run)")
+    for f in dataclasses.fields(ReportConfig):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type in (bool, "bool"):
+            r.add_argument(flag, dest=f.name, action="store_true", help=f.metadata["help"])
+        else:
+            shown = "" if f.default is None else f" (default {f.default})"
+            r.add_argument(flag, dest=f.name, type=int if isinstance(f.default, int) else str,
+                           default=f.default, help=f.metadata["help"] + shown)
 
 
 def cmd_train(args) -> int:
@@ -104,6 +127,11 @@ def cmd_train(args) -> int:
     if args.resume and config_path is None:
         config_path = str(Path(args.resume) / "config.yaml")
     cfg = load_config(TrainConfig, config_path, args.overrides)
+    if args.resume and cfg.model.trust_remote_code and not any(
+            o.startswith("model.trust_remote_code=") for o in args.overrides):
+        from prefopt.errors import ConfigError  # a run folder may come from anyone: code runs only if asked here
+        raise ConfigError("--resume: the run's config sets model.trust_remote_code=true; pass "
+                          "model.trust_remote_code=true on the command line to allow the model's own code")
     notes = check_train_inputs(cfg, args.resume)
     if args.check:
         for note in notes:
@@ -112,7 +140,7 @@ def cmd_train(args) -> int:
         return 0
     run_dir = Path(args.resume) if args.resume else run_dir_for(cfg)
     try:
-        out = run_train(cfg, resume=bool(args.resume), run_dir=run_dir)
+        out = run_train(cfg, resume=bool(args.resume), run_dir=run_dir, overwrite=args.overwrite)
     except OSError as exc:
         if exc.filename is not None or isinstance(exc, PrefoptError):
             raise
@@ -198,7 +226,27 @@ def _compare_text(summary: dict) -> str:
     return markdown_table(summary) + f"\nwall time {summary['seconds']['total']} s"
 
 
-COMMANDS = {"train": cmd_train, "demo": cmd_demo, "tasks": cmd_tasks, "compare": cmd_compare}
+def _interrupted_message(exc: KeyboardInterrupt) -> str:
+    checkpoint = getattr(exc, "checkpoint", None)
+    if checkpoint is not None:
+        return (f"interrupted ({exc}): {checkpoint} holds the last completed step; continue with "
+                f"`prefopt train --resume {exc.run_dir}`")
+    if getattr(exc, "run_dir", None) is not None:
+        return f"interrupted ({exc}) before the first step completed: nothing was saved"
+    return "interrupted during start-up: nothing was saved"
+
+
+def cmd_report(args) -> int:
+    import dataclasses
+
+    from prefopt.report.build import ReportConfig, build_report
+
+    cfg = ReportConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ReportConfig)})
+    print(f"report: {build_report(args.run_dirs, cfg)}")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "demo": cmd_demo, "tasks": cmd_tasks, "compare": cmd_compare, "report": cmd_report}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -214,9 +262,9 @@ def main(argv: list[str] | None = None) -> int:
     handler = cmd_data_make if args.command == "data" else COMMANDS[args.command]
     try:
         return handler(args)
-    except KeyboardInterrupt:
-        print("interrupted: a resumable checkpoint was saved where a step had completed", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        print(_interrupted_message(exc), file=sys.stderr)
+        return 128 + getattr(exc, "signum", 2)
     except (PrefoptError, OSError) as exc:  # OSError: e.g. a full disk under a path the OS names
         if args.debug:
             traceback.print_exc()

@@ -34,6 +34,9 @@ class LoopConfig:
         "random state is left untouched, so the run itself is unchanged; skipped on --resume.")})
     save_every: int = field(default=0, metadata={"help": "Checkpoint every N steps (0 = only at the end).", "min": 0})
     keep_checkpoints: int = field(default=2, metadata={"help": "How many newest checkpoints to keep.", "min": 1})
+    checkpoint_fallback: bool = field(default=True, metadata={"help": (
+        "On --resume, a newest checkpoint that fails its manifest check (truncated, modified, incomplete) is "
+        "reported, renamed corrupt-checkpoint-N and skipped for the newest intact one; false: stop with the error.")})
     progress: bool = field(default=True, metadata={"help": "Show a progress bar."})
     tensorboard: bool = field(default=False, metadata={"help": "Also log to TensorBoard under <run>/tensorboard."})
     wandb_project: str | None = field(default=None, metadata={"help": "Also log to this Weights & Biases project."})

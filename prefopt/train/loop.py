@@ -4,12 +4,13 @@ Per optimizer step: the algorithm (a recipe of sources × loss terms, ``prefopt.
 supplies ``grad_accum`` micro-batches; each term's summed loss is divided by that term's units
 summed over the step before ``backward``, and terms add with their weights (so accumulation
 equals one large batch per term); gradients are clipped; optimizer and scheduler step; metrics are logged;
-evaluation and checkpoints happen on schedule. Ctrl-C saves a resumable checkpoint.
+evaluation and checkpoints happen on schedule. SIGINT/SIGTERM save a resumable checkpoint.
 """
 from __future__ import annotations
 
 import math
 import random
+import signal
 import time
 import warnings
 from dataclasses import dataclass
@@ -21,11 +22,13 @@ import torch
 from prefopt.errors import StopTraining, TrainingError
 from prefopt.optim import needs_create_graph
 from prefopt.train.algorithms.base import Algorithm
-from prefopt.train.checkpoint import (latest_checkpoint, load_model_weights, load_trainer_state,
-                                      rng_state, save_checkpoint, set_rng_state)
+from prefopt.train.checkpoint import rng_state, set_rng_state
 from prefopt.train.config import LoopConfig
-from prefopt.train.metrics import MetricsLogger, peak_rss_mib
+from prefopt.train.interrupt import GUARD, TrainingInterrupted
+from prefopt.train.metrics import MetricsLogger, last_eval, peak_rss_mib
 from prefopt.train.recipe import PLAIN_STEP, plan_step, step_units
+from prefopt.train.rundir import locked
+from prefopt.train.run_state import RunState
 from prefopt.train.schedule import build_scheduler
 
 
@@ -46,62 +49,59 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _resume(ckpt: Path, model, optimizer, scheduler, algorithm) -> int:
-    state = load_trainer_state(ckpt)
-    load_model_weights(model, ckpt)
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    algorithm.load_state_dict(state["algorithm"])
-    set_rng_state(state["rng"])
-    return int(state["step"])
-
-
-def _trainer_state(optimizer, scheduler, algorithm) -> dict:
-    return {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "algorithm": algorithm.state_dict()}
-
-
 def train(model: torch.nn.Module, algorithm: Algorithm, optimizer: torch.optim.Optimizer,
           cfg: LoopConfig, run_dir: Path, *, tokenizer=None, logger: MetricsLogger | None = None,
-          resume: bool = False, state_bytes_fn=None,
+          resume: bool | Path = False, state_bytes_fn=None,
           evaluators: list[Callable[[torch.nn.Module], dict]] | None = None) -> TrainResult:
     """Run ``cfg.steps`` optimizer steps of ``algorithm`` on ``model``.
 
-    ``resume`` continues from the newest checkpoint in ``run_dir`` exactly where it stopped.
+    ``resume`` continues exactly where the run stopped: True from the newest intact checkpoint in
+    ``run_dir`` (a corrupted newer one is reported and skipped, or stops the run when
+    ``cfg.checkpoint_fallback`` is false), a path from that (verified) checkpoint.
     ``state_bytes_fn(optimizer)`` reports optimizer-state bytes for the metrics.
     ``evaluators`` are extra ``model -> metrics`` callbacks run with the algorithm's evaluation
     (e.g. the lab's gold reward and KL), logged under ``eval/``.
+    SIGINT and SIGTERM save the last completed step and raise :class:`TrainingInterrupted`.
     """
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    with locked(run_dir), GUARD:
+        own_logger = logger is None
+        logger = logger or MetricsLogger(run_dir, resume=bool(resume))
+        try:
+            return _train(model, algorithm, optimizer, cfg, run_dir, tokenizer, logger, resume, state_bytes_fn,
+                          evaluators)
+        finally:
+            if own_logger:
+                logger.close()
+
+
+def _train(model, algorithm, optimizer, cfg, run_dir, tokenizer, logger, resume, state_bytes_fn,
+           evaluators) -> TrainResult:
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
     scheduler = build_scheduler(optimizer, schedule=cfg.lr_schedule, total_steps=cfg.steps,
                                 warmup_steps=cfg.warmup_steps, min_ratio=cfg.min_lr_ratio)
-    start = 0
-    if resume:
-        ckpt = latest_checkpoint(run_dir)
-        if ckpt is None:
-            raise TrainingError(f"--resume: no complete checkpoint in {run_dir}")
-        start = _resume(ckpt, model, optimizer, scheduler, algorithm)
-    own_logger = logger is None
-    logger = logger or MetricsLogger(run_dir, resume=resume)
+    run = RunState(run_dir, cfg, model, tokenizer, optimizer, scheduler, algorithm, logger)
+    start = run.start(resume)
+    if run.loop.get("stopped") or (start >= cfg.steps and not run.loop.get("eval_pending")):
+        warnings.warn(f"{run_dir}: the run is complete at step {start}; nothing to do (raise train.steps to train "
+                      "on)", stacklevel=3)
+        return TrainResult(start, run.final, {}, last_eval(getattr(logger, "path", "")), 0.0)
     params = [p for p in model.parameters() if p.requires_grad]
     progress = _progress(cfg, start)
-    last, eval_metrics, final = {}, {}, None
+    last, eval_metrics = {}, {}
     t_start = time.perf_counter()
     step = start
-    before: dict = {}
+    # An optimizer update, and the bookkeeping up to its metrics record, is never cut by a signal.
+    hold = optimizer.register_step_pre_hook(lambda *_: GUARD.hold())
+    evaluate = lambda at: _evaluate(model, algorithm, logger, at, evaluators,  # noqa: E731
+                                    logged=lambda: run.snapshot(at, eval_pending=False))
     try:
-        if cfg.eval_on_start and start == 0:
-            rng = rng_state()  # evaluation may sample: the run must not depend on whether it looked first
-            _evaluate(model, algorithm, logger, 0, evaluators)
-            set_rng_state(rng)
+        eval_metrics = _before_first_step(run, cfg, start, evaluate)
         model.train()
         for step in range(start + 1, cfg.steps + 1):
-            # Snapshot of what a checkpoint of the previous step holds, for Ctrl-C mid-step.
-            before = {"algorithm": algorithm.state_dict(), "rng": rng_state()}
+            run.snapshot(step - 1, eval_pending=False)
             try:
                 last = _one_step(model, algorithm, optimizer, scheduler, params, cfg, step)
             except StopTraining as stop:  # the algorithm has nothing left to learn: finish cleanly
@@ -109,43 +109,53 @@ def train(model: torch.nn.Module, algorithm: Algorithm, optimizer: torch.optim.O
                 logger.log({"step": step - 1, "stopped_early": str(stop)})
                 warnings.warn(f"training stopped before step {step}: {stop}", stacklevel=2)
                 step -= 1
+                eval_metrics = evaluate(step)
+                run.save(step, stopped=True)
                 break
             if state_bytes_fn is not None:
                 last["memory/optimizer_state_bytes"] = float(state_bytes_fn(optimizer))
             logger.log(last)
+            due_eval = step == cfg.steps or _due(cfg.eval_every, step)
+            run.snapshot(step, eval_pending=due_eval)
+            GUARD.release()  # a signal held since the update is raised here, with the step complete
             if progress is not None:
                 progress.update(1)
                 progress.set_postfix(loss=f"{last['loss']:.4f}", refresh=False)
-            if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
-                eval_metrics = _evaluate(model, algorithm, logger, step, evaluators)
-            if cfg.save_every and step % cfg.save_every == 0 and step < cfg.steps:
-                save_checkpoint(run_dir, step, model, tokenizer, _trainer_state(optimizer, scheduler, algorithm),
-                                cfg.keep_checkpoints)
-        eval_metrics = _evaluate(model, algorithm, logger, step, evaluators)
-        if step > start or latest_checkpoint(run_dir) is None:
-            final = save_checkpoint(run_dir, step, model, tokenizer,
-                                    _trainer_state(optimizer, scheduler, algorithm), cfg.keep_checkpoints)
-        else:
-            final = latest_checkpoint(run_dir)
-    except KeyboardInterrupt:
-        # Save the last completed step so `--resume` continues from there.
-        state = _trainer_state(optimizer, scheduler, algorithm)
-        done = step
-        if last.get("step") != step:  # interrupted inside step: roll the data position back
-            done = step - 1
-            optimizer.zero_grad(set_to_none=True)
+            if due_eval:
+                eval_metrics = evaluate(step)
+            if step == cfg.steps or _due(cfg.save_every, step):
+                run.save(step)
+    except KeyboardInterrupt as exc:
+        GUARD.hold()  # a second Ctrl-C must not cut this save short
+        try:
             getattr(algorithm, "step_hook", PLAIN_STEP).abort(model, optimizer)  # e.g. undo a look-ahead
-            state = _trainer_state(optimizer, scheduler, algorithm)
-            state.update(before)
-        if done > start:
-            save_checkpoint(run_dir, done, model, tokenizer, state, cfg.keep_checkpoints)
-        raise
+            saved = run.save_on_interrupt()
+        finally:
+            GUARD.discard()
+        raise TrainingInterrupted(getattr(exc, "signum", signal.SIGINT), saved, run_dir) from None
     finally:
+        hold.remove()
         if progress is not None:
             progress.close()
-        if own_logger:
-            logger.close()
-    return TrainResult(step, final, last, eval_metrics, time.perf_counter() - t_start)
+    return TrainResult(step, run.final, last, eval_metrics, time.perf_counter() - t_start)
+
+
+def _before_first_step(run: RunState, cfg: LoopConfig, start: int, evaluate) -> dict:
+    if run.loop.get("eval_pending"):  # a signal came during this step's evaluation: do it now
+        run.snapshot(start, eval_pending=True)
+        metrics = evaluate(start)
+        if start == cfg.steps or _due(cfg.save_every, start):
+            run.save(start)
+        return metrics
+    if cfg.eval_on_start and start == 0:
+        rng = rng_state()  # evaluation may sample: the run must not depend on whether it looked first
+        evaluate(0)
+        set_rng_state(rng)
+    return {}
+
+
+def _due(every: int, step: int) -> bool:
+    return every > 0 and step % every == 0
 
 
 def _progress(cfg: LoopConfig, start: int):
@@ -230,11 +240,14 @@ def _accumulate(model, plan, units: dict[str, float], create_graph: bool, step: 
     return sums, metrics, tokens
 
 
-def _evaluate(model, algorithm: Algorithm, logger: MetricsLogger, step: int, evaluators) -> dict:
+def _evaluate(model, algorithm: Algorithm, logger: MetricsLogger, step: int, evaluators, logged=None) -> dict:
     metrics = algorithm.evaluate(model)
     for evaluator in evaluators or []:
         metrics.update(evaluator(model))
-    if metrics:
-        logger.log({"step": step, **{f"eval/{k}": v for k, v in metrics.items()}})
+    with GUARD.critical():  # the record and the state that follows it go together
+        if metrics:
+            logger.log({"step": step, **{f"eval/{k}": v for k, v in metrics.items()}})
+        if logged is not None:
+            logged()
     model.train()
     return metrics
