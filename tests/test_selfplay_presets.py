@@ -109,7 +109,8 @@ def test_egpo_resume_is_exact_and_checkpoints_hold_whole_steps(tmp_path):
 def test_online_dpo_hedge_state_is_checkpointed(tmp_path):
     path = CONFIGS[0].parent / "online_dpo_hedge.yaml"
     out = run_train(load_config(TrainConfig, path, _overrides(path, tmp_path)))
-    state = torch.load(out.result.final_checkpoint / "trainer_state.pt", weights_only=False)
+    from prefopt.train.checkpoint import load_trainer_state
+    state = load_trainer_state(out.result.final_checkpoint)
     hedge = state["algorithm"]["hedge"]
     assert hedge["hedge"]["names"] == [JUDGE, "selfplay_judges:shorter"] and hedge["labelled"] > 0
     rows = [r for r in read_metrics(out.run_dir / "metrics.jsonl") if "hedge/regret" in r]
@@ -133,3 +134,25 @@ def test_bad_input_stops_with_a_clear_error(name, over, error, message, tmp_path
     path = CONFIGS[0].parent / f"{name}.yaml"
     with pytest.raises(error, match=message):
         run_train(load_config(TrainConfig, path, _overrides(path, tmp_path) + over))
+
+
+def test_egpo_interrupted_after_its_lookahead_saves_the_last_whole_step(tmp_path, monkeypatch):
+    from prefopt.train.interrupt import TrainingInterrupted
+    from prefopt.train.sources.selfplay import MixturePairSource
+
+    one = run_train(_egpo(tmp_path, "one", "train.steps=1"))
+    calls = {"n": 0}
+    real = MixturePairSource.next_batches
+
+    def interrupting(self, model, num_micro):
+        calls["n"] += 1
+        if calls["n"] == 4:  # step 2's real pass: θ is at θ_{t+½} now
+            raise KeyboardInterrupt
+        return real(self, model, num_micro)
+
+    monkeypatch.setattr(MixturePairSource, "next_batches", interrupting)
+    with pytest.raises(TrainingInterrupted):
+        run_train(_egpo(tmp_path, "cut", "train.steps=3"))
+    saved = load_file(tmp_path / "cut" / "checkpoint-1" / "model" / "model.safetensors")
+    expected = _weights(one)
+    assert all(torch.equal(saved[k], expected[k]) for k in expected)
