@@ -156,3 +156,23 @@ def test_egpo_interrupted_after_its_lookahead_saves_the_last_whole_step(tmp_path
     saved = load_file(tmp_path / "cut" / "checkpoint-1" / "model" / "model.safetensors")
     expected = _weights(one)
     assert all(torch.equal(saved[k], expected[k]) for k in expected)
+
+
+@pytest.mark.parametrize("name", ["sppo", "selm"])
+def test_rounds_resume_exactly_from_a_mid_round_checkpoint(name, tmp_path):
+    """A checkpoint inside a round holds its rows (ids, win rates, reference log-probs, SELM's anchor)."""
+    from prefopt.train.checkpoint import load_trainer_state
+
+    path = CONFIGS[0].parent / f"{name}.yaml"
+
+    def cfg(run, steps):
+        over = _overrides(path, tmp_path / run) + ["online.steps_per_round=2", f"train.steps={steps}"]
+        return load_config(TrainConfig, path, over)
+
+    straight = run_train(cfg("a", 3))
+    run_train(cfg("b", 1))
+    rows = load_trainer_state(tmp_path / "b" / name / "checkpoint-1")["algorithm"]["sources"][0]["rows"]
+    assert rows and "ref_chosen" in rows[0]["x"] and (name != "selm" or rows[0]["anchor"])
+    resumed = run_train(cfg("b", 3), resume=True)
+    wa, wb = _weights(straight), _weights(resumed)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
