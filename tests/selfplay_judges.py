@@ -21,3 +21,13 @@ def out_of_range(prompt, a, b):
 
 def nan(prompt, a, b):
     return float("nan")
+
+
+def char_count(prompts, responses):
+    """A scorer that agrees with ``chars``."""
+    return [float(len(r)) for r in responses]
+
+
+def neg_char_count(prompts, responses):
+    """A scorer that disagrees with ``chars`` (scaled, so a uniform mix with char_count does not cancel)."""
+    return [-0.5 * float(len(r)) for r in responses]

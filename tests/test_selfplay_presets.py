@@ -176,3 +176,30 @@ def test_rounds_resume_exactly_from_a_mid_round_checkpoint(name, tmp_path):
     resumed = run_train(cfg("b", 3), resume=True)
     wa, wb = _weights(straight), _weights(resumed)
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_hedge_reward_combiner_of_a_policy_gradient_preset(tmp_path):
+    """rloo with hedge.scorers: the reward is the Hedge mix, the weights move to the scorer the gold
+    judge agrees with, and the state rides with the rollout source in the checkpoint."""
+    from prefopt.cli.config import from_dict
+    from prefopt.train.checkpoint import load_trainer_state
+
+    cfg = from_dict(TrainConfig, {
+        "model": {"name_or_path": "tiny:llama-1m"}, "data": {"task": "reviews", "eval_examples": 2},
+        "optim": {"lr": 1e-3}, "train": {"steps": 2, "batch_size": 4, "progress": False},
+        "algo": {"name": "rloo"}, "rollout": {"max_new_tokens": 8},
+        "online": {"prompts_per_step": 3, "num_generations": 4, "num_prompts": 16, "eval_num_samples": 1},
+        "hedge": {"scorers": ["selfplay_judges:char_count", "selfplay_judges:neg_char_count"],
+                  "gold": JUDGE, "feedback": 1.0, "temperature": 4.0, "horizon": 12},
+        "output_dir": str(tmp_path), "run_name": "rloo-hedge"})
+    out = run_train(cfg)
+    rows = [r for r in read_metrics(out.run_dir / "metrics.jsonl") if "hedge/regret" in r]
+    last = rows[-1]
+    # every pair of every rollout draw is labelled: 3 prompts × 2 pairs per draw, >= 2 draws
+    assert last["hedge/labelled"] >= 12 and last["hedge/labelled"] % 6 == 0
+    assert last["hedge/weight/selfplay_judges:char_count"] > 0.5 > last["hedge/weight/selfplay_judges:neg_char_count"]
+    assert last["hedge/regret"] <= last["hedge/regret_bound"]
+    state = load_trainer_state(out.result.final_checkpoint)["algorithm"]["sources"][0]["draw"]
+    assert state["labelled"] == last["hedge/labelled"] == state["hedge"]["rounds"]
+    with pytest.raises(ConfigError, match=r"hedge.scorers: got \['x:y'\], expected at least 2 scorer specs"):
+        from_dict(TrainConfig, {"algo": {"name": "rloo"}, "hedge": {"scorers": ["x:y"]}})

@@ -31,7 +31,7 @@ class Preset:
 
 
 def _pg(name: str, summary: str, **defaults) -> Preset:
-    return Preset(name, "policy_gradient", summary, ONLINE_SECTIONS + ("mix",), defaults, online=True)
+    return Preset(name, "policy_gradient", summary, ONLINE_SECTIONS + ("mix", "hedge"), defaults, online=True)
 
 
 _TABLE = [

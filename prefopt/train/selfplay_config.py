@@ -57,6 +57,13 @@ class HedgeConfig:
         "at least 2.")})
     judge_options: dict = field(default_factory=dict, metadata={"help": (
         "Options per expert, keyed by its spec, e.g. {'bt:gold:informativeness': {temperature: 0.1}}.")})
+    scorers: list[str] = field(default_factory=list, metadata={"help": (
+        "Hedge as a reward combiner of a policy-gradient preset (rloo, grpo, ...): scorer specs as in online.reward "
+        "(gold:OBJECTIVE, module:function, reward_model:PATH), at least 2; the training reward is Σ w_k r_k and the "
+        "weights learn from gold labels on pairs of a prompt's samples through each scorer's Bradley-Terry prediction.")})
+    temperature: float = field(default=1.0, metadata={"help": (
+        "Bradley-Terry temperature of each scorer's prediction σ((r_k(a) − r_k(b)) / temperature) (hedge.scorers)."),
+        "gt": 0})
     gold: str = field(default="lab", metadata={"help": (
         "The labeller of the feedback pairs (a judge spec; its P(a ≻ b) is the soft label).")})
     feedback: float = field(default=0.25, metadata={"help": (
@@ -73,6 +80,9 @@ class HedgeConfig:
         if self.judges and len(self.judges) < 2:
             raise bad_value(f"{prefix}judges", self.judges,
                             "at least 2 judge specs (an ensemble needs at least 2 experts)")
+        if self.scorers and len(self.scorers) < 2:
+            raise bad_value(f"{prefix}scorers", self.scorers,
+                            "at least 2 scorer specs (an ensemble needs at least 2 experts)")
         if self.eta is not None and self.horizon is not None:
             raise bad_value(f"{prefix}eta", self.eta,
                             f"null when {prefix}horizon is set (fixed η or horizon-tuned η, not both)")

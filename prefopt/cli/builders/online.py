@@ -153,7 +153,8 @@ def _stats(exp, extra: dict) -> dict:
 
 
 def build_policy_gradient(cfg: TrainConfig, model, tokenizer) -> tuple[Algorithm, dict]:
-    return policy_gradient_recipe(cfg, model, tokenizer)
+    from prefopt.cli.builders.selfplay import hedge_reward_draw
+    return policy_gradient_recipe(cfg, model, tokenizer, draw=hedge_reward_draw(cfg, _task(cfg)))
 
 
 def policy_gradient_recipe(cfg: TrainConfig, model, tokenizer, *, prompts=None, draw=None, name=None,

@@ -46,6 +46,23 @@ def preference_judge(cfg: TrainConfig, task, spec: str | None = None, options: d
                          seed=cfg.train.seed)
 
 
+def hedge_reward_draw(cfg: TrainConfig, task):
+    """``hedge.scorers`` set: the rollout draw (exp -> HedgeRewardDraw) of a policy-gradient preset."""
+    if not cfg.hedge.scorers:
+        return None
+    from prefopt.objectives.hedge import Hedge, HedgeReward
+    from prefopt.rollout.preferences import build_judge
+    from prefopt.rollout.scorers import resolve_scorer
+    from prefopt.train.sources.selfplay import HedgeRewardDraw
+
+    h = cfg.hedge
+    scorers = [resolve_scorer(name, task=task)[0] for name in h.scorers]
+    combiner = HedgeReward(scorers, Hedge(list(h.scorers), eta=h.eta, horizon=h.horizon), temperature=h.temperature,
+                           loss=h.loss)
+    gold = build_judge(h.gold, task=task)
+    return lambda exp: HedgeRewardDraw(exp, combiner, gold, feedback=h.feedback, seed=cfg.train.seed)
+
+
 def attach_judge(recipe, judge) -> None:
     """A learning judge (Hedge) is checkpointed with the recipe and logs its weights and regret."""
     if hasattr(judge, "metrics") and hasattr(judge, "state_dict"):

@@ -9,6 +9,8 @@
   π_θ^{1−α}·π_ref^α, judged against y″ ∼ π_θ.
 - :class:`SPODraw` (spo): the rollout draw of any policy-gradient recipe, with each sample's reward
   its win proportion against the other samples of its prompt.
+- :class:`HedgeRewardDraw`: the rollout draw of a policy-gradient recipe whose reward is a Hedge
+  combination of scorers, learning from gold labels on pairs of a prompt's samples.
 
 Rows are plain dicts ``{prompt, chosen, rejected: token ids, x: {name: float}, anchor: ids}``, so a
 round's rows are checkpointed as they are.
@@ -335,3 +337,64 @@ class SPODraw(Draw):
 
     def metrics(self) -> dict[str, float]:
         return dict(self.last)
+
+
+# --------------------------------------------------------------------------- Hedge as a reward combiner
+
+
+class HedgeRewardDraw(Draw):
+    """Reward = Σ_k w_k r_k over the scorers of a :class:`~prefopt.objectives.hedge.HedgeReward`, with the
+    weights *before* this batch's feedback; then, for a ``feedback`` fraction of the pairs of samples
+    (2i, 2i+1) of one prompt (a draw seeded by ``derive_seed(seed, "hedge.feedback", pair)``), the gold
+    judge's P is the label and each scorer pays the loss of its Bradley-Terry prediction. Only training
+    rollouts teach the weights (evaluation scores with the experience's own reward). State and metrics
+    ride with the rollout source (``draw``): ``hedge/weight/<scorer>``, ``hedge/regret``, ..."""
+
+    def __init__(self, experience: Experience, combiner, gold, *, feedback: float, seed: int = 0):
+        super().__init__(experience)
+        if not 0.0 <= feedback <= 1.0:
+            raise ConfigError(f"hedge.feedback: got {feedback}, expected a fraction in [0, 1]")
+        self.combiner, self.gold, self.feedback, self.seed = combiner, gold, float(feedback), int(seed)
+        self.pairs_seen, self.labelled = 0, 0
+
+    def _label(self, prompts, responses, group: list[int], rewards: torch.Tensor) -> None:
+        import random
+
+        from prefopt.objectives.hedge import feedback_losses
+        from prefopt.seeding import HEDGE_FEEDBACK, derive_seed
+
+        rows, labels = [], []
+        for i in range(0, len(responses) - 1, 2):
+            if group[i] != group[i + 1]:
+                continue
+            self.pairs_seen += 1
+            if random.Random(derive_seed(self.seed, HEDGE_FEEDBACK, self.pairs_seen)).random() < self.feedback:
+                rows.append(i)
+                labels.append(self.gold.probability(prompts[i], responses[i], responses[i + 1]))
+        if rows:
+            idx = torch.tensor(rows)
+            margin = (rewards[idx] - rewards[idx + 1]) / self.combiner.members[0].temperature
+            self.combiner.hedge.update(feedback_losses(torch.sigmoid(margin), labels, self.combiner.judge.loss))
+            self.labelled += len(rows)
+
+    def __call__(self, model, n_prompts: int, k: int) -> tuple[Sampled, RewardOutput]:
+        sampled = self.exp.sample(model, self.exp.next_prompts(n_prompts), k)
+        prompts = list(sampled.row_raw_prompts or sampled.row_prompts)
+        experts = self.combiner.expert_rewards(prompts, sampled.responses)  # (N, K), validated
+        total = self.combiner.hedge.combine(experts).tolist()
+        self._label(prompts, sampled.responses, sampled.group.tolist(), experts)
+        components = {f"hedge/{n}": experts[:, j].tolist() for j, n in enumerate(self.combiner.hedge.names)}
+        if self.exp.reward is not None:
+            components.update(self.exp.score(sampled).components)
+        return sampled, RewardOutput(total, components, 0)
+
+    def metrics(self) -> dict[str, float]:
+        return {**self.combiner.hedge.metrics(), "hedge/labelled": float(self.labelled)}
+
+    def state_dict(self) -> dict:
+        return {"hedge": self.combiner.hedge.state_dict(), "pairs_seen": self.pairs_seen, "labelled": self.labelled}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state:
+            self.combiner.hedge.load_state_dict(state["hedge"])
+            self.pairs_seen, self.labelled = int(state["pairs_seen"]), int(state["labelled"])
