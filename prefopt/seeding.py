@@ -46,6 +46,7 @@ PPO_MINIBATCHES = "ppo.minibatches"
 RESET_DRAW = "reset.draw"
 MIX_OFFLINE = "mix.offline"
 RIC_ROUND = "ric.round"
+HEDGE_FEEDBACK = "hedge.feedback"
 
 PURPOSES: dict[str, str] = {
     GLOBAL: "Python/NumPy/torch global generators (dropout, anything unseeded)",
@@ -71,6 +72,7 @@ PURPOSES: dict[str, str] = {
     PPO_MINIBATCHES: "PPO epoch/minibatch shuffles; index: rollout count",
     RESET_DRAW: "dataset-reset coins and prefix lengths (DR-PO); index: draw call",
     MIX_OFFLINE: "base seed of a mixture's offline source (its data order)",
+    HEDGE_FEEDBACK: "which judged pairs a Hedge labeller asks the gold label for; index: judge call",
 }
 
 

@@ -16,6 +16,7 @@ from prefopt.train.hybrid_config import HypoConfig, MixConfig, ResetConfig
 from prefopt.objectives.config import ModpoConfig, RicConfig
 from prefopt.train.presets import OPTIONAL_SECTIONS, algo_help, check_sections
 from prefopt.train.recipe_config import PartSpec, check_recipe
+from prefopt.train.selfplay_config import HedgeConfig, SelfPlayConfig
 from prefopt.validation import bad_value
 
 
@@ -133,6 +134,10 @@ class TrainConfig:
         "MODPO (algo.name: modpo): preference weights, margin sources of the other objectives, loss type.")})
     ric: RicConfig = field(default_factory=RicConfig, metadata={"help": (
         "Rewards-in-context (algo.name: ric): conditioned objectives, online rounds, preference-to-target mapping.")})
+    selfplay: SelfPlayConfig = field(default_factory=SelfPlayConfig, metadata={"help": (
+        "Self-play / Nash presets (sppo, inpo, egpo, online_ipo, dno, selm, spo): the judge and each method's knobs.")})
+    hedge: HedgeConfig = field(default_factory=HedgeConfig, metadata={"help": (
+        "A Hedge ensemble of judges as the preference source (selfplay.judge or online.judge: hedge).")})
     output_dir: str = field(default="runs", metadata={"help": "Runs are written to <output_dir>/<run_name>."})
     run_name: str | None = field(default=None, metadata={"help": "Run folder name; default '<algo>-<timestamp>'."})
 

@@ -177,16 +177,17 @@ class RoundsSource(Source):
 
     def _new_round(self, model) -> None:
         sampled = self.exp.sample(model, self.exp.next_prompts(self.round_prompts), self.k)
-        out = self.exp.score(sampled)
-        rows = self.make_rows(model, sampled, out.total, self.counts)
+        out = self.exp.score(sampled) if self.exp.reward is not None else None  # a judge may label alone
+        rows = self.make_rows(model, sampled, out.total if out else None, self.counts)
         if not rows:
             raise TrainingError(f"round {self.round + 1}: no usable samples (every sample of every prompt got the "
-                                "same reward); raise rollout.temperature or online.num_generations")
+                                "same reward or preference); raise rollout.temperature or online.num_generations")
         self.round += 1
         self.round_step = 0
         self.rows = rows
         self.sampler = EpochSampler(len(rows), derive_seed(self.seed, ONLINE_PREF_ROUND, self.round), shuffle=True)
-        self.round_metrics = {**sample_metrics(sampled, out.total, out.components), "round": float(self.round),
+        self.round_metrics = {**sample_metrics(sampled, out.total if out else None, out.components if out else None),
+                              "round": float(self.round),
                               "round/rows": float(len(rows))}
 
     def next_batches(self, model, num_micro: int) -> list[dict]:
