@@ -199,3 +199,19 @@ def test_quick_claim_end_to_end(tmp_path):
     assert on_disk["per_seed"][0]["info"]["data"]["poor"]["data_near_optimal_frac"] == 0.0
     assert on_disk["machine"]["cpu_count"] and on_disk["wall_s"] > 0
     assert (tmp_path / "hypo_coverage.png").stat().st_size > 1000
+
+
+def test_token_budget_cut_and_nested_keys(tmp_path):
+    import lab
+
+    class WordTokenizer:
+        def __call__(self, text, add_special_tokens=False):
+            return type("Enc", (), {"input_ids": text.split()})()
+
+    path = lab.write_rows(tmp_path / "p.jsonl", [{"prompt": "p", "chosen": "a b", "rejected": "c"},
+                                                 {"prompt": "p", "chosen": "d", "rejected": "e f"}])
+    # each pair: (2 + 1) + (1 + 1) = 5 tokens, end-of-sequence included
+    assert lab.response_tokens(path, WordTokenizer()) == 10.0
+    cut = lab.cut_to_tokens(path, 9, WordTokenizer(), tmp_path / "cut.jsonl")
+    assert [json.loads(x)["chosen"] for x in cut.read_text().splitlines()] == ["a b"]
+    assert lab.nested("mixture.source.path", "x") == {"mixture": {"source": {"path": "x"}}}

@@ -284,22 +284,33 @@ def cell(s: dict, digits: int = 3) -> str:
     return f"{s['mean']:.{digits}g} ± {s['se']:.2g}"
 
 
-def format_table(report: dict) -> str:
+def arm_order(report: dict) -> list[str]:
+    """Rows of a report's table: arms that are no config of their own (e.g. a start point) first,
+    then the YAML's arms in their order."""
+    return [*[a for a in report["summary"] if a not in report["arms"]], *report["arms"]]
+
+
+def arms_markdown(report: dict) -> list[str]:
+    """The report's arms × metrics as markdown rows (mean ± SE; an arm that did not run, its status)."""
     metrics = list(next(iter(report["summary"].values()), {}).keys())
-    lines = [f"claim: {report['statement']} ({report['source']})",
-             "| arm | " + " | ".join(metrics) + " |", "|---|" + "---:|" * len(metrics)]
-    for arm in dict.fromkeys([*report["summary"], *report["arms"]]):
+    lines = ["| arm | " + " | ".join(metrics) + " |", "|---|" + "---:|" * len(metrics)]
+    for arm in arm_order(report):
         if arm in report["summary"]:
             row = report["summary"][arm]
             lines.append(f"| {arm} | " + " | ".join(cell(row[m]) for m in metrics) + " |")
         else:
             lines.append(f"| {arm} | {report['arms'][arm]['status']} |" + " |" * (len(metrics) - 1))
-    lines.append(f"seeds {report['seeds']}, mean ± standard error over seeds; wall {report['wall_s']} s, "
-                 f"CPU {report['cpu_s']} s, load average {report['machine']['loadavg_start'][0]:.2f} → "
-                 f"{report['machine']['loadavg_end'][0]:.2f} on {report['machine']['cpu_count']} cores")
+    return lines
+
+
+def format_table(report: dict) -> str:
+    m = report["machine"]
     not_run = "".join(f"; arm {a} not run: {st}" for a, st in report["arms_not_run"].items())
-    lines.append(f"verdict: {report['verdict']}{not_run} — {report['why']}")
-    return "\n".join(lines)
+    return "\n".join([
+        f"claim: {report['statement']} ({report['source']})", *arms_markdown(report),
+        f"seeds {report['seeds']}, mean ± standard error over seeds; wall {report['wall_s']} s, CPU {report['cpu_s']} s, "
+        f"load average {m['loadavg_start'][0]:.2f} → {m['loadavg_end'][0]:.2f} on {m['cpu_count']} cores",
+        f"verdict: {report['verdict']}{not_run} — {report['why']}"])
 
 
 def plt_agg():

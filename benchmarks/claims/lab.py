@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness import Arm, SeedContext
+from harness import Arm, SeedContext, deep_merge
 
 SFT_DEFAULTS = {"model": "tiny:llama-1m", "steps": 300, "lr": 3e-3, "examples": 6000, "batch_size": 32}
 CACHE_VERSION = 1  # bump when what is cached changes meaning
@@ -168,8 +168,10 @@ def train_arm(ctx: SeedContext, arm: Arm, runtime: dict, evaluator) -> dict:
 def run_arms(ctx: SeedContext, sft_path: Path, datasets: dict[str, Path], evaluator) -> dict[str, dict]:
     """Train every arm of ``ctx`` from the SFT start, in the YAML's order.
 
-    ``data: NAME`` gives an arm ``datasets[NAME]``; ``token_budget_of: OTHER`` then keeps only the
-    first pairs whose response tokens add up to at most what arm OTHER (run before it) sampled.
+    ``data: NAME`` gives an arm ``datasets[NAME]`` at the config key ``data_key`` (default
+    ``data.path``; e.g. a mixture's offline source may take it elsewhere); ``token_budget_of: OTHER``
+    then keeps only the first pairs whose response tokens add up to at most what arm OTHER (run
+    before it) sampled.
     """
     results: dict[str, dict] = {}
     for arm in ctx.arms:
@@ -186,12 +188,20 @@ def run_arms(ctx: SeedContext, sft_path: Path, datasets: dict[str, Path], evalua
                     raise ValueError(f"arm '{arm.name}': token_budget_of '{other}' must be an arm that ran before it")
                 path = cut_to_tokens(path, results[other]["sampled_tokens"], evaluator.tokenizer,
                                      ctx.work_dir / f"data-{arm.name}.jsonl")
-            runtime["data"] = {"path": str(path)}
+            runtime = deep_merge(runtime, nested(arm.options.get("data_key", "data.path"), str(path)))
         results[arm.name] = train_arm(ctx, arm, runtime, evaluator)
         if path is not None:
             results[arm.name]["data_tokens"] = response_tokens(path, evaluator.tokenizer)
             results[arm.name]["data_pairs"] = float(sum(1 for line in path.read_text().splitlines() if line.strip()))
     return results
+
+
+def nested(dotted: str, value) -> dict:
+    """'a.b.c', v -> {'a': {'b': {'c': v}}}."""
+    out: dict = value
+    for part in reversed(dotted.split(".")):
+        out = {part: out}
+    return out
 
 
 def _row_tokens(row: dict, tokenizer) -> int:
@@ -239,7 +249,7 @@ def coverage_sets(ctx: SeedContext, sft_path: Path, data_settings: dict) -> tupl
     from prefopt.tasks import get_task
     from prefopt.tasks.coverage import CoverageConfig, sample_responses, slice_pairs
 
-    cfg = CoverageConfig(**{k: v for k, v in data_settings.items()}, seed=ctx.seed)
+    cfg = CoverageConfig(**data_settings, seed=ctx.seed)
     task = get_task("reviews")
 
     def build():

@@ -66,8 +66,7 @@ def run_seed(ctx: SeedContext) -> SeedResult:
             members = scorer.member_rewards(samples.prompts, samples.texts)
             trained[key] = (members, run.result.eval_metrics.get("accuracy"), run.result.seconds)
         members, accuracy, seconds = trained[key]
-        uwo = data.get("reward", {}).get("uwo_lambda", 1.0)
-        proxy = aggregate(members, arm.options.get("aggregation", "mean"), uwo).tolist()
+        proxy = aggregate(members, arm.options.get("aggregation", "mean"), arm.options.get("uwo_lambda", 1.0)).tolist()
         gold = samples.gold[task.default_objective]
         arms[arm.name] = {**{f"gold_bon{n}": bon_gold(proxy, gold, len(prompts), n) for n in bon["n"]},
                           "heldout_accuracy": accuracy, "train_s": round(seconds, 1)}

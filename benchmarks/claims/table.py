@@ -13,23 +13,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import cell  # noqa: E402
+from harness import arms_markdown  # noqa: E402
 
 
 def _arms_table(report: dict) -> list[str]:
-    metrics = list(next(iter(report["summary"].values()), {}).keys())
-    lines = ["| arm | " + " | ".join(metrics) + " |", "|---|" + "---:|" * len(metrics)]
-    for arm in dict.fromkeys([*report["summary"], *report["arms"]]):
-        if arm in report["summary"]:
-            lines.append(f"| {arm} | " + " | ".join(cell(report["summary"][arm][m]) for m in metrics) + " |")
-        else:
-            lines.append(f"| {arm} | {report['arms'][arm]['status']} |" + " |" * (len(metrics) - 1))
     m = report["machine"]
-    lines.append("")
-    lines.append(f"Seeds {report['seeds']}; wall {report['wall_s']:.0f} s, CPU {report['cpu_s']:.0f} s (this process and "
-                 f"its children); load average {m['loadavg_start'][0]:.1f} → {m['loadavg_end'][0]:.1f} on "
-                 f"{m['cpu_count']} cores; commit {m['git_commit'][:10]}{' (dirty)' if m['git_dirty'] else ''}.")
-    return lines
+    return [*arms_markdown(report), "",
+            f"Seeds {report['seeds']}; wall {report['wall_s']:.0f} s, CPU {report['cpu_s']:.0f} s (this process and "
+            f"its children); load average {m['loadavg_start'][0]:.1f} → {m['loadavg_end'][0]:.1f} on "
+            f"{m['cpu_count']} cores; commit {m['git_commit'][:10]}{' (dirty)' if m['git_dirty'] else ''}."]
 
 
 def main(paths: list[str]) -> int:
