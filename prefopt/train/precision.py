@@ -127,3 +127,6 @@ class Precision:
     def load_state_dict(self, state: dict) -> None:
         if self.scaler is not None and state:
             self.scaler.load_state_dict(dict(state))
+
+
+FP32 = Precision("fp32")  # stateless: plain backward and step
