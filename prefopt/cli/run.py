@@ -18,6 +18,7 @@ from prefopt.errors import ConfigError
 from prefopt.models.loading import load_tokenizer
 from prefopt.models.tiny import is_tiny
 from prefopt.optim import build_optimizer, optimizer_state_bytes
+from prefopt.train.precision import Precision, device_type_of
 from prefopt.report.environment import write_environment
 from prefopt.tasks import get_task
 from prefopt.tasks.tokenizer import train_tokenizer
@@ -106,7 +107,8 @@ def _build_and_train(cfg: TrainConfig, run_dir: Path, ckpt: Path | None, changes
     torch.manual_seed(cfg.train.seed)
     tokenizer = resolve_tokenizer(cfg)
     model = build_model(cfg, tokenizer)  # the policy (LoRA applied per cfg.lora) or e.g. a reward model
-    algorithm, stats = build_algorithm(cfg, model, tokenizer)
+    with Precision(cfg.train.precision, device_type_of(model)).autocast():  # a precomputed reference: same numerics
+        algorithm, stats = build_algorithm(cfg, model, tokenizer)
     optimizer = build_optimizer(model, cfg.optim)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     write_environment(run_dir)  # versions, CPU, threads: what `prefopt report` shows
