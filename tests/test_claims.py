@@ -120,8 +120,9 @@ def test_every_claim_config_loads_and_names_known_sections():
         assert spec.arms, path
         for arm in spec.arms:
             if harness.availability(arm) is None and spec.base:  # runnable arms must be valid train configs
-                ctx = harness.SeedContext(0, False, Path("/tmp"), [arm], spec, 1)
-                from_dict(TrainConfig, ctx.train_dict(arm, {"model": {"name_or_path": "tiny:llama-1m"}}))
+                for quick in (False, True):  # from_dict validates, sections an algorithm ignores included
+                    ctx = harness.SeedContext(0, quick, Path("/tmp"), [arm], spec, 1)
+                    from_dict(TrainConfig, ctx.train_dict(arm, {"model": {"name_or_path": "tiny:llama-1m"}}))
 
 
 def _samples():
