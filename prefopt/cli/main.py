@@ -74,6 +74,9 @@ def cmd_train(args) -> int:
         print("config OK")
         return 0
     out = run_train(cfg, resume=bool(args.resume), run_dir=Path(args.resume) if args.resume else None)
+    from prefopt.dist import current
+    if not current().is_main:  # under torchrun, rank 0 reports
+        return 0
     print(f"run: {out.run_dir}  steps: {out.result.steps}  final checkpoint: {out.result.final_checkpoint}")
     for k, v in sorted(out.result.eval_metrics.items()):
         print(f"  eval/{k}: {v:.4f}")
@@ -165,8 +168,17 @@ def main(argv: list[str] | None = None) -> int:
     except (PrefoptError, FileNotFoundError) as exc:
         if args.debug:
             traceback.print_exc()
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_where()}{exc}", file=sys.stderr)
         return 2
+    finally:
+        from prefopt.dist import shutdown
+        shutdown()  # leave a torchrun process group, if one was joined
+
+
+def _where() -> str:
+    from prefopt.dist import current
+    rt = current()
+    return f"rank {rt.rank}: " if rt.distributed else ""
 
 
 if __name__ == "__main__":

@@ -13,6 +13,8 @@ import yaml
 
 from prefopt.cli.builders import build_algorithm, build_model, finish_run
 from prefopt.cli.config import to_dict
+from prefopt.dist import init_runtime
+from prefopt.dist.parallel import prepare_model
 from prefopt.errors import ConfigError
 from prefopt.models.loading import load_tokenizer
 from prefopt.models.tiny import is_tiny
@@ -20,6 +22,7 @@ from prefopt.optim import build_optimizer, optimizer_state_bytes
 from prefopt.tasks import get_task
 from prefopt.tasks.tokenizer import train_tokenizer
 from prefopt.train.config import TrainConfig
+from prefopt.train.distributed import NullLogger
 from prefopt.train.loop import TrainResult, train
 from prefopt.train.metrics import MetricsLogger
 
@@ -68,8 +71,12 @@ def run_dir_for(cfg: TrainConfig) -> Path:
 
 def run_train(cfg: TrainConfig, *, resume: bool = False, run_dir: Path | None = None,
               evaluators=None) -> RunOutput:
-    """Build tokenizer, model, data, algorithm and optimizer from ``cfg``; train; return the run."""
-    run_dir = Path(run_dir) if run_dir else run_dir_for(cfg)
+    """Build tokenizer, model, data, algorithm and optimizer from ``cfg``; train; return the run.
+
+    Under torchrun every rank calls this: it joins the process group (``cfg.dist``), shards the
+    data, and rank 0 alone writes the run directory."""
+    rt = init_runtime(cfg.dist)
+    run_dir = Path(rt.broadcast_object(str(run_dir) if run_dir else str(run_dir_for(cfg))))  # one name for all ranks
     if resume and not run_dir.exists():
         raise ConfigError(f"--resume: run directory {run_dir} does not exist")
     torch.manual_seed(cfg.train.seed)
@@ -78,12 +85,14 @@ def run_train(cfg: TrainConfig, *, resume: bool = False, run_dir: Path | None = 
         cfg.model.attn_implementation = "eager"
     tokenizer = resolve_tokenizer(cfg)
     model = build_model(cfg, tokenizer)  # the policy (LoRA applied per cfg.lora) or e.g. a reward model
-    algorithm, stats = build_algorithm(cfg, model, tokenizer)
+    algorithm, stats = build_algorithm(cfg, model, tokenizer)  # references copy the model before it is sharded
+    model = prepare_model(model, rt)
     optimizer = build_optimizer(model, cfg.optim)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    logger = MetricsLogger(run_dir, tensorboard=cfg.train.tensorboard, wandb_project=cfg.train.wandb_project,
-                           run_name=run_dir.name, config=to_dict(cfg), resume=resume)
+    if rt.is_main:
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    logger = (MetricsLogger(run_dir, tensorboard=cfg.train.tensorboard, wandb_project=cfg.train.wandb_project,
+                            run_name=run_dir.name, config=to_dict(cfg), resume=resume) if rt.is_main else NullLogger())
     try:
         if stats:
             logger.log({"step": 0, **stats})
@@ -92,5 +101,7 @@ def run_train(cfg: TrainConfig, *, resume: bool = False, run_dir: Path | None = 
                        evaluators=evaluators)
     finally:
         logger.close()
-    finish_run(cfg, model, tokenizer, run_dir, result)  # e.g. a merged LoRA model
+    if rt.is_main:
+        finish_run(cfg, model, tokenizer, run_dir, result)  # e.g. a merged LoRA model
+    rt.barrier()
     return RunOutput(run_dir, result, stats, optimizer)

@@ -29,8 +29,10 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
 
 
-def save_checkpoint(run_dir: Path, step: int, model, tokenizer, trainer_state: dict, keep_last: int = 2) -> Path:
-    """Write ``run_dir/checkpoint-<step>`` atomically and prune all but the ``keep_last`` newest."""
+def save_checkpoint(run_dir: Path, step: int, model, tokenizer, trainer_state: dict, keep_last: int = 2,
+                    model_state: dict | None = None) -> Path:
+    """Write ``run_dir/checkpoint-<step>`` atomically and prune all but the ``keep_last`` newest.
+    ``model_state``: the full weights to save instead of ``model``'s own (an FSDP2-sharded model)."""
     run_dir = Path(run_dir)
     final = run_dir / f"checkpoint-{step}"
     tmp = run_dir / f".tmp-checkpoint-{step}"
@@ -39,7 +41,8 @@ def save_checkpoint(run_dir: Path, step: int, model, tokenizer, trainer_state: d
     tmp.mkdir(parents=True)
     from transformers.utils import logging as hf_logging
     hf_logging.disable_progress_bar()
-    model.save_pretrained(tmp / "model", safe_serialization=True)
+    model.save_pretrained(tmp / "model", safe_serialization=True,
+                          **({"state_dict": model_state} if model_state is not None else {}))
     if tokenizer is not None:
         tokenizer.save_pretrained(tmp / "model")
     torch.save({"rng": rng_state(), **trainer_state, "step": step}, tmp / STATE_FILE)
@@ -82,16 +85,21 @@ def load_model_weights(model, ckpt: Path) -> None:
 
         set_peft_model_state_dict(model, load_file(model_dir / "adapter_model.safetensors"))
         return
-    from safetensors.torch import load_file
-
-    state = {}
-    for f in sorted(model_dir.glob("*.safetensors")):
-        state.update(load_file(f))
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing, unexpected = model.load_state_dict(read_model_state(ckpt), strict=False)
     # Tied weights (e.g. lm_head = embeddings) are saved once; anything else missing is an error.
     missing = [m for m in missing if m not in _tied_names(model)]
     if missing or unexpected:
         raise RuntimeError(f"checkpoint {ckpt} does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+
+
+def read_model_state(ckpt: Path) -> dict:
+    """The full weights of a checkpoint's model (all its safetensors files)."""
+    from safetensors.torch import load_file
+
+    state = {}
+    for f in sorted((Path(ckpt) / "model").glob("*.safetensors")):
+        state.update(load_file(f))
+    return state
 
 
 def _tied_names(model) -> set[str]:

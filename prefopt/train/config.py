@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from prefopt.data.config import DataConfig
+from prefopt.dist.config import DistConfig
 from prefopt.errors import ConfigError
 from prefopt.models.config import LoraConfig, ModelConfig
 from prefopt.optim.config import OptimConfig
@@ -105,6 +106,8 @@ class TrainConfig:
         "HyPO (algo.name: hypo): the online reverse-KL term's λ, samples per prompt and prompts per step.")})
     reset: ResetConfig = field(default_factory=ResetConfig, metadata={"help": (
         "DR-PO dataset resets (algo.name: drpo): reset probability, response column, policy-gradient optimizer.")})
+    dist: DistConfig = field(default_factory=DistConfig, metadata={"help": (
+        "Data parallelism under torchrun (ddp or fsdp2; gloo on CPU, nccl on GPU); train.batch_size is per rank.")})
     output_dir: str = field(default="runs", metadata={"help": "Runs are written to <output_dir>/<run_name>."})
     run_name: str | None = field(default=None, metadata={"help": "Run folder name; default '<algo>-<timestamp>'."})
 

@@ -5,6 +5,10 @@ supplies ``grad_accum`` micro-batches; each term's summed loss is divided by tha
 summed over the step before ``backward``, and terms add with their weights (so accumulation
 equals one large batch per term); gradients are clipped; optimizer and scheduler step; metrics are logged;
 evaluation and checkpoints happen on schedule. Ctrl-C saves a resumable checkpoint.
+
+Under data parallelism (``prefopt.dist``) every rank runs this loop on its share of each batch;
+the step's units are all-reduced in ``step_units``, gradients summed, metrics reduced, and rank 0
+alone writes metrics and checkpoints (full state, see ``prefopt.train.distributed``).
 """
 from __future__ import annotations
 
@@ -18,12 +22,15 @@ from typing import Callable
 
 import torch
 
+from prefopt.dist import current
+from prefopt.dist.parallel import gathered, grad_norm_value, sync_gradients
 from prefopt.errors import StopTraining, TrainingError
 from prefopt.optim import needs_create_graph
 from prefopt.train.algorithms.base import Algorithm
 from prefopt.train.checkpoint import (latest_checkpoint, load_model_weights, load_trainer_state,
                                       rng_state, save_checkpoint, set_rng_state)
 from prefopt.train.config import LoopConfig
+from prefopt.train.distributed import NullLogger, checkpoint_state, reduce_step, restore_state
 from prefopt.train.metrics import MetricsLogger, peak_rss_mib
 from prefopt.train.recipe import plan_step, step_units
 from prefopt.train.schedule import build_scheduler
@@ -48,17 +55,26 @@ def seed_everything(seed: int) -> None:
 
 def _resume(ckpt: Path, model, optimizer, scheduler, algorithm) -> int:
     state = load_trainer_state(ckpt)
-    load_model_weights(model, ckpt)
-    optimizer.load_state_dict(state["optimizer"])
+    algorithm_state, rng = restore_state(current(), ckpt, state, model, optimizer, load_model_weights)
     scheduler.load_state_dict(state["scheduler"])
-    algorithm.load_state_dict(state["algorithm"])
-    set_rng_state(state["rng"])
+    algorithm.load_state_dict(algorithm_state)
+    set_rng_state(rng)
     return int(state["step"])
 
 
-def _trainer_state(optimizer, scheduler, algorithm) -> dict:
-    return {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "algorithm": algorithm.state_dict()}
+def _save(run_dir: Path, step: int, model, tokenizer, optimizer, scheduler, algorithm, cfg: LoopConfig,
+          *, collective: bool = True, replace: dict | None = None) -> Path | None:
+    """Every rank calls this (state is gathered); rank 0 alone writes. ``replace`` overrides trainer-state
+    entries (the pre-step snapshot of an interrupted step)."""
+    rt = current()
+    model_state, state = checkpoint_state(rt, model, optimizer, scheduler, algorithm, collective=collective)
+    path = None
+    if rt.is_main and state is not None:
+        state.update(replace or {})
+        path = save_checkpoint(run_dir, step, model, tokenizer, state, cfg.keep_checkpoints, model_state=model_state)
+    if collective:
+        rt.barrier()  # nobody reads the run directory before the checkpoint is complete
+    return path or run_dir / f"checkpoint-{step}"
 
 
 def train(model: torch.nn.Module, algorithm: Algorithm, optimizer: torch.optim.Optimizer,
@@ -85,10 +101,11 @@ def train(model: torch.nn.Module, algorithm: Algorithm, optimizer: torch.optim.O
         if ckpt is None:
             raise TrainingError(f"--resume: no complete checkpoint in {run_dir}")
         start = _resume(ckpt, model, optimizer, scheduler, algorithm)
+    rt = current()
     own_logger = logger is None
-    logger = logger or MetricsLogger(run_dir, resume=resume)
+    logger = logger or (MetricsLogger(run_dir, resume=resume) if rt.is_main else NullLogger())
     params = [p for p in model.parameters() if p.requires_grad]
-    progress = _progress(cfg, start)
+    progress = _progress(cfg, start) if rt.is_main else None
     last, eval_metrics, final = {}, {}, None
     t_start = time.perf_counter()
     step = start
@@ -119,24 +136,22 @@ def train(model: torch.nn.Module, algorithm: Algorithm, optimizer: torch.optim.O
             if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
                 eval_metrics = _evaluate(model, algorithm, logger, step, evaluators)
             if cfg.save_every and step % cfg.save_every == 0 and step < cfg.steps:
-                save_checkpoint(run_dir, step, model, tokenizer, _trainer_state(optimizer, scheduler, algorithm),
-                                cfg.keep_checkpoints)
+                _save(run_dir, step, model, tokenizer, optimizer, scheduler, algorithm, cfg)
         eval_metrics = _evaluate(model, algorithm, logger, step, evaluators)
         if step > start or latest_checkpoint(run_dir) is None:
-            final = save_checkpoint(run_dir, step, model, tokenizer,
-                                    _trainer_state(optimizer, scheduler, algorithm), cfg.keep_checkpoints)
+            final = _save(run_dir, step, model, tokenizer, optimizer, scheduler, algorithm, cfg)
         else:
             final = latest_checkpoint(run_dir)
     except KeyboardInterrupt:
-        # Save the last completed step so `--resume` continues from there.
-        state = _trainer_state(optimizer, scheduler, algorithm)
-        done = step
+        # Save the last completed step so `--resume` continues from there (other ranks may be gone:
+        # rank 0 saves what it holds, which is complete for single-process and DDP runs).
+        done, replace = step, {}
         if last.get("step") != step:  # interrupted inside step: roll the data position back
-            done = step - 1
+            done, replace = step - 1, before
             optimizer.zero_grad(set_to_none=True)
-            state.update(before)
         if done > start:
-            save_checkpoint(run_dir, done, model, tokenizer, state, cfg.keep_checkpoints)
+            _save(run_dir, done, model, tokenizer, optimizer, scheduler, algorithm, cfg, collective=False,
+                  replace=replace)
         raise
     finally:
         if progress is not None:
@@ -154,16 +169,29 @@ def _progress(cfg: LoopConfig, start: int):
 
 
 def _one_step(model, algorithm: Algorithm, optimizer, scheduler, params, cfg: LoopConfig, step: int) -> dict:
+    rt = current()
     t0 = time.perf_counter()
-    plan = plan_step(algorithm, model, cfg.grad_accum)
+    plan, error = None, None
+    try:
+        with gathered(model, rt):  # FSDP2: sampling runs on gathered weights
+            plan = plan_step(algorithm, model, cfg.grad_accum)
+    except Exception as exc:  # every rank learns of a failure (or a clean stop) on any rank
+        error = exc
+    rt.check_all(error)
     model.train()
-    units = step_units(plan)  # per term, summed over micro-batches (and ranks, there)
+    units = step_units(plan, rt.all_reduce if rt.distributed else None)  # per term, over micro-batches and ranks
     if sum(units.values()) <= 0:
         raise TrainingError(f"step {step}: the batches hold no training units")
-    sums, metrics, tokens = _accumulate(model, plan, units, needs_create_graph(optimizer), step)
+    try:
+        sums, metrics, tokens = _accumulate(model, plan, units, needs_create_graph(optimizer), step)
+    except Exception as exc:
+        error = exc
+    rt.check_all(error)
+    sync_gradients(params, rt)
+    sums, metrics, tokens = reduce_step(rt, sums, metrics, tokens)
     grad_norm = float("nan")
     if cfg.max_grad_norm > 0:
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
+        grad_norm = grad_norm_value(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
         if not math.isfinite(grad_norm):
             raise TrainingError(f"non-finite gradient norm at step {step}; lower the learning rate")
     lr = optimizer.param_groups[0]["lr"]
@@ -179,7 +207,7 @@ def _one_step(model, algorithm: Algorithm, optimizer, scheduler, params, cfg: Lo
     if len(sums) > 1 or len(names) > 1:  # a multi-term recipe: each term's normalized loss too
         record.update({f"loss/{names.get(k, k)}": sums[k] / units[k] for k in sums})
     record.update(metrics)
-    record.update(algorithm.step_metrics())
+    record.update(rt.mean_dicts(algorithm.step_metrics()))  # source metrics: mean over ranks
     return record
 
 
@@ -210,9 +238,10 @@ def _accumulate(model, plan, units: dict[str, float], create_graph: bool, step: 
 
 
 def _evaluate(model, algorithm: Algorithm, logger: MetricsLogger, step: int, evaluators) -> dict:
-    metrics = algorithm.evaluate(model)
-    for evaluator in evaluators or []:
-        metrics.update(evaluator(model))
+    with gathered(model, current()):  # every rank evaluates the same held-out data; rank 0 logs
+        metrics = algorithm.evaluate(model)
+        for evaluator in evaluators or []:
+            metrics.update(evaluator(model))
     if metrics:
         logger.log({"step": step, **{f"eval/{k}": v for k, v in metrics.items()}})
     model.train()

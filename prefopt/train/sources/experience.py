@@ -82,7 +82,10 @@ class Experience:
         if eval_split:
             return [self.seed * 7919 + 104729 + i for i in indices]  # same samples every evaluation
         self.calls += 1
-        return [(self.seed * 1_000_003 + self.calls) * 100_003 + j for j in range(len(indices))]
+        # Keyed by the prompt's GLOBAL position in the call (every rank draws its share of one global
+        # stream), so ranks sample differently and N ranks sample what 1 process does with N x the prompts.
+        first = self.sampler.offset(len(indices))
+        return [(self.seed * 1_000_003 + self.calls) * 100_003 + first + j for j in range(len(indices))]
 
     def sample(self, model, indices: list[int], k: int, *, greedy: bool = False, eval_split: bool = False,
                prompt_ids: list[list[int]] | None = None) -> Sampled:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from prefopt.dist import current
 from prefopt.errors import StopTraining, TrainingError
 from prefopt.losses.reductions import masked_mean, masked_sum
 from prefopt.losses.rl import (SEQUENCE_ESTIMATORS, AdaptiveKLController, explained_variance,
@@ -167,8 +168,11 @@ class RolloutSource(Source):
                               ref_logps if not s.kl_in_reward else None, returns, old_values)
         m.update(self._rollout_metrics(rollout, R, adv, token_rewards, kept))
         self.buffer_metrics = m
-        if self.kl_ctl is not None and "kl" in m:
-            self.kl_coef = self.kl_ctl.update(m["kl"], len(R))
+        if self.kl_ctl is not None and "kl" in m:  # the controller follows the KL of the global batch
+            rt = current()
+            m["kl"] = rt.weighted_mean(m["kl"], len(R))
+            n = int(rt.all_reduce(torch.tensor([len(R)], dtype=torch.float64)).item())
+            self.kl_coef = self.kl_ctl.update(m["kl"], n)
         self._schedule(len(R))
 
     def _logps(self, model, rollout):
