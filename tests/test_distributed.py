@@ -37,9 +37,9 @@ TOL = 1e-5
 LAUNCH_TIMEOUT_S = 300
 
 
-def torchrun(args: list[str], timeout: float = LAUNCH_TIMEOUT_S, nproc: int = 2) -> subprocess.CompletedProcess:
+def torchrun(args: list[str], timeout: float = LAUNCH_TIMEOUT_S, nproc: int = 2, **env_over) -> subprocess.CompletedProcess:
     """``torchrun --standalone --nproc_per_node nproc ARGS``; on timeout the whole process group is killed."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(TESTS), os.environ.get("PYTHONPATH", "")]),
+    env = {**os.environ, **env_over, "PYTHONPATH": os.pathsep.join([str(ROOT), str(TESTS), os.environ.get("PYTHONPATH", "")]),
            "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -62,7 +62,7 @@ def _config(out: Path, name: str, algo: str, pairs: Path, **over) -> dict:
                      "save_every": 2, "keep_checkpoints": 3},
            "algo": {"name": algo},
            "output_dir": str(out), "run_name": name}
-    if algo == "grpo":
+    if algo in ("grpo", "reinforce_pp"):
         cfg["data"] = {"task": "reviews", "eval_examples": 2}
         cfg.update(rollout={"max_new_tokens": 8},
                    online={"prompts_per_step": 2, "num_generations": 4, "num_prompts": 32, "eval_num_samples": 1,
@@ -109,6 +109,7 @@ def runs(tmp_path_factory):
         "grpo_accum": _config(out, "grpo_accum", "grpo", pairs, online__prompts_per_step=4, train__grad_accum=2),
         "hypo_2b": _config(out, "hypo_2b", "hypo", pairs, train__batch_size=8, hypo__prompts_per_step=4),
         "hypo_accum": _config(out, "hypo_accum", "hypo", pairs, train__grad_accum=2, hypo__prompts_per_step=4),
+        "rpp_2b": _config(out, "rpp_2b", "reinforce_pp", pairs, online__prompts_per_step=4, optim__eps=1e-6),
     }
     for cfg in local.values():
         _local(cfg)
@@ -116,11 +117,16 @@ def runs(tmp_path_factory):
             {"config": _config(out, "dpo_fsdp2", "dpo", pairs, dist__strategy="fsdp2")},
             {"config": _config(out, "grpo_ddp", "grpo", pairs)},
             {"config": _config(out, "hypo_ddp", "hypo", pairs)},
+            {"config": _config(out, "rpp_ddp", "reinforce_pp", pairs, optim__eps=1e-6)},
+            {"config": _config(out, "dpo_precomputed", "dpo", pairs, algo__reference="precomputed")},
             {"config": _config(out, "fail", "grpo", pairs, online__reward=[{"name": "dist_reward_fns:fails_on_rank_1"}]),
              "expect_error": str(out / "fail")}]
     spec = out / "spec.json"
     spec.write_text(json.dumps(jobs))
-    launched = torchrun([str(TESTS / "dist_worker.py"), str(spec)])
+    # A fresh cache (the lab tokenizer copied in): the precomputed reference is computed here, not reused.
+    cache = out / "cache"
+    shutil.copytree(Path(os.environ["PREFOPT_CACHE"]) / "tokenizers", cache / "tokenizers")
+    launched = torchrun([str(TESTS / "dist_worker.py"), str(spec)], PREFOPT_CACHE=str(cache))
     assert launched.returncode == 0, launched.stderr[-4000:]
     # 1 rank -> 2 ranks through the CLI: resume the 1-rank run's step-2 checkpoint with batch 4 per rank.
     resumed = _half(out / "dpo_2b", out / "dpo_1to2")
@@ -139,6 +145,18 @@ def test_two_ranks_equal_one_rank_with_twice_the_batch_and_with_accumulation(run
     assert _max_diff(two, _weights(out / f"{recipe}_accum")) < TOL
     init = _weights(out / f"{recipe}_2b", 2)
     assert _max_diff(two, init) > 1e-4  # the steps did move the weights
+
+
+def test_batch_whitening_and_reference_precompute_are_global(runs):
+    out, _ = runs
+    # REINFORCE++ whitens returns over the whole batch: over both ranks' tokens, not each rank's.
+    # (optim.eps=1e-6 in both runs: whitened advantages cancel on shared prompt tokens, and Adam's default
+    # eps would blow that float noise up to lr-sized steps in either run alike.)
+    assert _max_diff(_weights(out / "rpp_ddp"), _weights(out / "rpp_2b")) < TOL
+    # Each rank precomputes half the reference log-probs; gathered, they train as the live reference does.
+    assert _max_diff(_weights(out / "dpo_precomputed"), _weights(out / "dpo_ddp")) < TOL
+    stats = read_metrics(out / "dpo_precomputed" / "metrics.jsonl")[0]
+    assert stats["reference/precomputed_examples"] == 40 and stats["reference/cache_hit"] == 0.0
 
 
 def test_fsdp2_equals_ddp(runs):
