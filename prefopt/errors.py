@@ -1,4 +1,11 @@
-"""Errors that the CLI reports as one clear line (``--debug`` shows the traceback)."""
+"""Errors that the CLI reports as one clear line (``--debug`` shows the traceback).
+
+Every error prefopt raises on purpose is a :class:`PrefoptError`; config values are rejected
+by :func:`prefopt.validation.bad_value` in one format (key, value, what was expected).
+"""
+from __future__ import annotations
+
+import os
 
 
 class PrefoptError(Exception):
@@ -20,3 +27,13 @@ class TrainingError(PrefoptError, RuntimeError):
 class StopTraining(PrefoptError):
     """Raised by an algorithm when nothing is left to learn (e.g. every online sample scores the
     same): the loop stops before the step, evaluates and saves the last completed step."""
+
+
+class OutputError(PrefoptError, OSError):
+    """Output cannot be written (read-only, full or missing directory); the message names the path."""
+
+
+def output_error(exc: OSError, path: str | os.PathLike) -> OutputError:
+    """An :class:`OutputError` for ``exc`` raised while writing ``path`` (named rather than the
+    OS's file name, which may be a temp file or missing: a full disk often names none)."""
+    return OutputError(f"cannot write {os.fspath(path)}: {exc.strerror or exc}")

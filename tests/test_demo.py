@@ -45,7 +45,8 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     cfg.write_text(f"model: {{name_or_path: {tmp_path}/nope/model}}\nalgo: {{name: dpo}}\n"
                    f"data: {{path: {tmp_path}/prefs.jsonl}}\noutput_dir: {tmp_path}/runs\n")
     assert main(["train", str(cfg)]) == 2
-    assert "no such local path" in capsys.readouterr().err
+    assert (f"model.name_or_path: got '{tmp_path}/nope/model', expected an existing path"
+            in capsys.readouterr().err)  # checked before any work
 
 
 def test_cli_bad_data_row_names_file_row_field(tmp_path, capsys):

@@ -145,7 +145,9 @@ def test_dist_config_errors(monkeypatch):
     with pytest.raises(ConfigError, match="dist.strategy: got 'zero3', expected one of 'none', 'ddp', 'fsdp2'"):
         load_config(TrainConfig, None, ["dist.strategy=zero3"])
     with pytest.raises(ConfigError, match="dist.timeout_s"):
-        DistConfig(timeout_s=0).validate()
+        init_runtime(DistConfig(timeout_s=0))
+    with pytest.raises(ConfigError, match="dist.strategy: got 'zero3'"):
+        init_runtime(DistConfig(strategy="zero3"))
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ConfigError, match="dist.strategy: 'none' with 2 processes"):
         init_runtime(DistConfig(strategy="none"))

@@ -185,7 +185,7 @@ def test_mixture_draws_the_scheduled_offline_fraction(algo, term, tmp_path):
 
 @pytest.mark.parametrize("algo, over, message", [
     ("hypo", {"algo__reference": "none"}, "algo.reference: hypo needs a reference"),
-    ("grpo", {"mix": {"path": "x.jsonl", "start": 1.5}}, r"mix.start: got 1.5, expected a fraction in \[0, 1\]"),
+    ("grpo", {"mix": {"path": "x.jsonl", "start": 1.5}}, r"mix.start: got 1.5, expected a number in \[0, 1\]"),
     ("grpo", {"mix": {"path": "PAIRS", "term": "pairwise"}}, "mix.term: 'pairwise' mixes offline pairs"),
     ("dpo", {"online": {"kl_coef": 0.2}}, "online: algo.name 'dpo' does not read the 'online' section"),
     ("drpo", {"reset": {"reset_prob": 2.0}}, r"reset.reset_prob: got 2.0"),

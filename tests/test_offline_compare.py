@@ -48,7 +48,7 @@ def test_compare_config_rejects_bad_values():
     from prefopt.cli.config import from_dict
     from prefopt.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="flip_rates: got 0.5"):
+    with pytest.raises(ConfigError, match=r"flip_rates\[1\]: got 0.5, expected a number in \[0, 0.5\)"):
         from_dict(CompareConfig, {"flip_rates": [0.0, 0.5]})
     with pytest.raises(ConfigError, match="did you mean 'simpo'"):
         from_dict(CompareConfig, {"losses": ["simpoo"]})

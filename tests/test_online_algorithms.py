@@ -13,6 +13,7 @@ from prefopt.errors import ConfigError, TrainingError
 from prefopt.models.config import ModelConfig
 from prefopt.models.loading import load_model
 from prefopt.rollout.scorers import RewardError
+from prefopt.train.checkpoint import load_trainer_state
 from prefopt.train.config import TrainConfig
 from prefopt.train.metrics import read_metrics
 
@@ -176,8 +177,8 @@ def test_ppo_resume_is_exact_and_value_head_lives_in_trainer_state(tmp_path):
     assert not any("value_head" in k for k in a)  # the saved policy is a plain causal LM
     for k in a:
         assert torch.equal(a[k], b[k]), k
-    va = torch.load(straight.result.final_checkpoint / "trainer_state.pt", weights_only=False)["algorithm"]["value_head"]
-    vb = torch.load(resumed.result.final_checkpoint / "trainer_state.pt", weights_only=False)["algorithm"]["value_head"]
+    va = load_trainer_state(straight.result.final_checkpoint)["algorithm"]["value_head"]
+    vb = load_trainer_state(resumed.result.final_checkpoint)["algorithm"]["value_head"]
     assert va["linear.weight"].abs().sum() > 0
     for k in va:
         assert torch.equal(va[k], vb[k])
@@ -213,7 +214,7 @@ def test_ppo_with_a_separate_critic(reviews_tokenizer, tmp_path):
     assert math.isfinite(row["value/loss"]) and row["value/loss"] > 0
     saved = load_file(out.result.final_checkpoint / "model" / "model.safetensors")
     assert not any("value_head" in k for k in saved)
-    state = torch.load(out.result.final_checkpoint / "trainer_state.pt", weights_only=False)["algorithm"]
+    state = load_trainer_state(out.result.final_checkpoint)["algorithm"]
     assert any(k.startswith("backbone.") for k in state["value_head"])
 
 

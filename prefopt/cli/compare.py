@@ -35,14 +35,17 @@ from prefopt.cli.demo import reviews_sft_config
 from prefopt.cli.run import run_train, task_tokenizer
 from prefopt.data.config import DataConfig
 from prefopt.data.loaders import write_jsonl
+from prefopt.errors import ConfigError
 from prefopt.eval.lab import compare_policies, sample_policy
 from prefopt.models.config import ModelConfig
 from prefopt.models.loading import load_model
 from prefopt.optim.config import OptimConfig
 from prefopt.rollout.engine import SamplingConfig
+from prefopt.seeding import EVAL_PROMPTS, EVAL_SAMPLING, HELDOUT_PAIRS, LABEL_FLIPS, SEED_MAX, derive_seed
 from prefopt.tasks import get_task
 from prefopt.tasks.prefdata import PrefDataConfig, make_preference_data
 from prefopt.train.config import AlgoConfig, LoopConfig, TrainConfig
+from prefopt.validation import bad_value, check_config
 
 log = logging.getLogger("prefopt.compare")
 
@@ -66,39 +69,43 @@ class CompareConfig:
         "Extra hyper-parameters per loss, e.g. {simpo: {gamma: 0.5}}.")})
     model: str = field(default="tiny:llama-1m", metadata={"help": "Tiny model the SFT stage starts from."})
     sft_model: str | None = field(default=None, metadata={"help": "An existing SFT model directory (skips SFT)."})
-    seed: int = field(default=0, metadata={"help": "Seed of every stage."})
-    sft_steps: int = field(default=300, metadata={"help": "SFT optimizer steps."})
-    sft_lr: float = field(default=3e-3, metadata={"help": "SFT learning rate."})
-    sft_examples: int = field(default=6000, metadata={"help": "SFT demonstrations from the task corpus."})
-    pref_prompts: int = field(default=1024, metadata={"help": "Training prompts (2 samples each → 1 pair)."})
-    bt_temperature: float = field(default=0.1, metadata={"help": "Bradley-Terry temperature of the clean labels."})
-    steps: int = field(default=60, metadata={"help": "Optimizer steps per loss."})
-    lr: float = field(default=1e-3, metadata={"help": "Learning rate of every preference run."})
-    batch_size: int = field(default=32, metadata={"help": "Pairs per step (KTO: twice as many examples)."})
-    eval_prompts: int = field(default=128, metadata={"help": "Held-out prompts for gold reward / win rate / KL."})
-    eval_samples: int = field(default=2, metadata={"help": "Samples per held-out prompt."})
-    heldout_pairs: int = field(default=256, metadata={"help": "Held-out prompts for gold-ordered ranking pairs."})
-    max_new_tokens: int = field(default=40, metadata={"help": "Longest sampled response."})
+    seed: int = field(default=0, metadata={"help": "Seed of every stage.", "min": 0, "max": SEED_MAX})
+    sft_steps: int = field(default=300, metadata={"help": "SFT optimizer steps.", "min": 1})
+    sft_lr: float = field(default=3e-3, metadata={"help": "SFT learning rate.", "gt": 0})
+    sft_examples: int = field(default=6000, metadata={"help": "SFT demonstrations from the task corpus.", "min": 1})
+    pref_prompts: int = field(default=1024, metadata={"help": "Training prompts (2 samples each → 1 pair).", "min": 1})
+    bt_temperature: float = field(default=0.1, metadata={"help": "Bradley-Terry temperature of the clean labels.", "min": 0})
+    steps: int = field(default=60, metadata={"help": "Optimizer steps per loss.", "min": 1})
+    lr: float = field(default=1e-3, metadata={"help": "Learning rate of every preference run.", "gt": 0})
+    batch_size: int = field(default=32, metadata={"help": "Pairs per step (KTO: twice as many examples).", "min": 1})
+    eval_prompts: int = field(default=128, metadata={"help": "Held-out prompts for gold reward / win rate / KL.", "min": 1})
+    eval_samples: int = field(default=2, metadata={"help": "Samples per held-out prompt.", "min": 1})
+    heldout_pairs: int = field(default=256, metadata={"help": "Held-out prompts for gold-ordered ranking pairs.", "min": 1})
+    max_new_tokens: int = field(default=40, metadata={"help": "Longest sampled response.", "min": 1})
     output_dir: str = field(default="runs", metadata={"help": "Results go to <output_dir>/compare-<timestamp>."})
     progress: bool = field(default=False, metadata={"help": "Show progress bars."})
     threads: int = field(default=0, metadata={"help": (
-        "torch CPU threads (0 = torch's default; 1 is fastest on a machine shared with other jobs).")})
+        "torch CPU threads (0 = torch's default; 1 is fastest on a machine shared with other jobs)."), "min": 0})
 
-    def validate(self) -> None:
-        for eps in self.flip_rates:
+    def validate(self, prefix: str = "") -> None:
+        """The list entries (scalar fields are range-checked from their metadata)."""
+        for i, eps in enumerate(self.flip_rates):
             if not 0.0 <= eps < 0.5:
-                raise ValueError(f"flip_rates: got {eps}, expected 0 <= ε < 0.5")
+                raise bad_value(f"{prefix}flip_rates[{i}]", eps, "a number in [0, 0.5)")
         if not self.losses:
-            raise ValueError("losses: expected at least one loss")
+            raise bad_value(f"{prefix}losses", self.losses, "at least one loss")
         from prefopt.losses import get_pairwise_loss
-        for name in self.losses:
-            if name != "kto":
-                get_pairwise_loss(name)
+        for i, name in enumerate(self.losses):
+            try:
+                if name != "kto":
+                    get_pairwise_loss(name)
+            except ValueError as exc:
+                raise ConfigError(f"{prefix}losses[{i}]: {exc}") from None
 
 
 def relabel(base_rows: list[dict], flip_rate: float, seed: int) -> tuple[list[dict], dict]:
     """Flip pair i when u_i < ε, with u_i fixed by ``seed`` (nested noise across ε)."""
-    rng = random.Random(seed + 31337)
+    rng = random.Random(derive_seed(seed, LABEL_FLIPS))
     rows, flipped = [], 0
     for row in base_rows:
         u = rng.random()
@@ -123,7 +130,7 @@ def run_compare(cfg: CompareConfig, out_dir: Path | None = None, log_fn=print) -
     from prefopt.models.reference import pair_reference_logps
     from prefopt.train.algorithms.preference import PairwisePreference, pair_logps
 
-    cfg.validate()
+    check_config(cfg)
     t0 = time.perf_counter()
     out = Path(out_dir or Path(cfg.output_dir) / f"compare-{time.strftime('%Y%m%d-%H%M%S')}")
     out.mkdir(parents=True, exist_ok=True)
@@ -154,7 +161,7 @@ def run_compare(cfg: CompareConfig, out_dir: Path | None = None, log_fn=print) -
         bt_temperature=cfg.bt_temperature, seed=cfg.seed, sampling=sampling))
     held_rows, _ = make_preference_data(sft_model, tokenizer, task, PrefDataConfig(
         num_prompts=cfg.heldout_pairs, split="eval", samples_per_prompt=2, objective=objective, flip_rate=0.0,
-        bt_temperature=0.0, seed=cfg.seed + 5, sampling=sampling))
+        bt_temperature=0.0, seed=derive_seed(cfg.seed, HELDOUT_PAIRS), sampling=sampling))
     held_rows = [r for r in held_rows if r["scores"][objective][0] != r["scores"][objective][1]]
     write_jsonl(out / "heldout_pairs.jsonl", held_rows)
     held, _ = encode_pairwise(tokenizer, [{**r, "conversational": False} for r in held_rows],
@@ -167,9 +174,9 @@ def run_compare(cfg: CompareConfig, out_dir: Path | None = None, log_fn=print) -
         write_jsonl(path, rows)
         datasets[eps] = (path, {**st, "agree_with_gold": _agreement(rows, objective)})
 
-    eval_prompts = task.prompts("eval", cfg.eval_prompts, seed=cfg.seed + 1)
+    eval_prompts = task.prompts("eval", cfg.eval_prompts, seed=derive_seed(cfg.seed, EVAL_PROMPTS))
     eval_sampling = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=1.0,
-                                   num_samples=cfg.eval_samples, seed=cfg.seed + 2, batch_size=256)
+                                   num_samples=cfg.eval_samples, seed=derive_seed(cfg.seed, EVAL_SAMPLING), batch_size=256)
     sft_samples = sample_policy(sft_model, tokenizer, task, eval_prompts, eval_sampling)
     t_data = time.perf_counter() - t0 - t_sft
 

@@ -14,6 +14,7 @@ from typing import Any, Literal, Union
 import yaml
 
 from prefopt.errors import ConfigError
+from prefopt.validation import check_config, describe_range, field_kind, type_hints
 
 
 def _type_name(tp) -> str:
@@ -36,7 +37,7 @@ def _coerce(value: Any, tp, key: str) -> Any:
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping of {tp.__name__} fields, got {value!r}")
-        return from_dict(tp, value, prefix=key + ".")
+        return _build(tp, value, prefix=key + ".")
     if origin in (Union, types.UnionType):
         args = typing.get_args(tp)
         if value is None and type(None) in args:
@@ -97,15 +98,18 @@ def _coerce(value: Any, tp, key: str) -> Any:
     raise bad
 
 
-def _hints(cls) -> dict:
-    return typing.get_type_hints(cls)
-
-
 def from_dict(cls, data: dict, prefix: str = ""):
-    """Build dataclass ``cls`` from ``data``; unknown keys fail with a suggestion."""
+    """Build dataclass ``cls`` from ``data`` and validate the whole tree (ranges, then each section's
+    combinations: :func:`prefopt.validation.check_config`); unknown keys fail with a suggestion."""
+    obj = _build(cls, data, prefix)
+    check_config(obj, prefix)
+    return obj
+
+
+def _build(cls, data: dict, prefix: str):
     if not isinstance(data, dict):
         raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
-    hints = _hints(cls)
+    hints = type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
     for key, value in data.items():
@@ -114,16 +118,7 @@ def from_dict(cls, data: dict, prefix: str = ""):
             hint = f"; did you mean '{prefix}{close[0]}'?" if close else ""
             raise ConfigError(f"unknown config key '{prefix}{key}'{hint} (valid: {', '.join(names)})")
         kwargs[key] = _coerce(value, hints[key], prefix + key)
-    obj = cls(**kwargs)
-    validate = getattr(obj, "validate", None)
-    if callable(validate):
-        try:
-            validate()
-        except ConfigError:
-            raise
-        except ValueError as exc:
-            raise ConfigError(f"{prefix.rstrip('.') or 'config'}: {exc}") from None
-    return obj
+    return cls(**kwargs)
 
 
 def to_dict(obj) -> dict:
@@ -171,11 +166,13 @@ def describe(cls, prefix: str = "") -> list[tuple[str, str, str]]:
     """(key, default, help) for every field, recursively; used by ``--help``-style listings."""
     rows = []
     for f in dataclasses.fields(cls):
-        tp = _hints(cls)[f.name]
+        tp = type_hints(cls)[f.name]
         if dataclasses.is_dataclass(tp):
             rows.extend(describe(tp, prefix + f.name + "."))
             continue
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else "")
-        rows.append((prefix + f.name, repr(default), f.metadata.get("help", "")))
+        expected = describe_range(f.metadata, field_kind(cls, f.name))
+        help_ = f.metadata.get("help", "") + (f" Expected: {expected}." if expected else "")
+        rows.append((prefix + f.name, repr(default), help_))
     return rows

@@ -19,10 +19,12 @@ from prefopt.models.config import ModelConfig
 from prefopt.models.loading import load_model
 from prefopt.optim.config import OptimConfig
 from prefopt.rollout.engine import SamplingConfig
+from prefopt.seeding import EVAL_PROMPTS, EVAL_SAMPLING, SEED_MAX, derive_seed
 from prefopt.tasks import get_task
 from prefopt.tasks.prefdata import PrefDataConfig, make_preference_data
 from prefopt.train.config import AlgoConfig, LoopConfig, TrainConfig
 from prefopt.train.metrics import read_metrics
+from prefopt.validation import check_config
 
 
 @dataclass
@@ -30,21 +32,21 @@ class DemoConfig:
     """``prefopt demo [key=value ...]``: the end-to-end pipeline on the lab task ``reviews``."""
 
     model: str = field(default="tiny:llama-1m", metadata={"help": "Tiny built-in model to start from."})
-    seed: int = field(default=0, metadata={"help": "Seed of every stage (the demo is deterministic for a seed)."})
-    sft_steps: int = field(default=300, metadata={"help": "SFT optimizer steps."})
-    sft_lr: float = field(default=3e-3, metadata={"help": "SFT learning rate."})
-    sft_examples: int = field(default=6000, metadata={"help": "SFT demonstrations drawn from the task corpus."})
-    pref_prompts: int = field(default=1024, metadata={"help": "Prompts for preference data (2 samples each → 1 pair)."})
-    flip_rate: float = field(default=0.1, metadata={"help": "Fraction of preference labels flipped."})
+    seed: int = field(default=0, metadata={"help": "Seed of every stage (the demo is deterministic for a seed).", "min": 0, "max": SEED_MAX})
+    sft_steps: int = field(default=300, metadata={"help": "SFT optimizer steps.", "min": 1})
+    sft_lr: float = field(default=3e-3, metadata={"help": "SFT learning rate.", "gt": 0})
+    sft_examples: int = field(default=6000, metadata={"help": "SFT demonstrations drawn from the task corpus.", "min": 1})
+    pref_prompts: int = field(default=1024, metadata={"help": "Prompts for preference data (2 samples each → 1 pair).", "min": 1})
+    flip_rate: float = field(default=0.1, metadata={"help": "Fraction of preference labels flipped.", "min": 0, "lt": 0.5})
     loss: str = field(default="dpo", metadata={"help": "Pairwise loss for the preference stage."})
-    beta: float = field(default=0.1, metadata={"help": "DPO β."})
-    dpo_steps: int = field(default=80, metadata={"help": "DPO optimizer steps."})
-    dpo_lr: float = field(default=1e-3, metadata={"help": "DPO learning rate."})
-    batch_size: int = field(default=32, metadata={"help": "Examples (SFT) or pairs (DPO) per step."})
-    eval_prompts: int = field(default=128, metadata={"help": "Held-out prompts for the final evaluation."})
-    eval_samples: int = field(default=4, metadata={"help": "Samples per held-out prompt."})
-    curve_points: int = field(default=4, metadata={"help": "Reward-vs-KL evaluations during DPO (0 = only the end)."})
-    max_new_tokens: int = field(default=40, metadata={"help": "Longest sampled response."})
+    beta: float = field(default=0.1, metadata={"help": "DPO β.", "gt": 0})
+    dpo_steps: int = field(default=80, metadata={"help": "DPO optimizer steps.", "min": 1})
+    dpo_lr: float = field(default=1e-3, metadata={"help": "DPO learning rate.", "gt": 0})
+    batch_size: int = field(default=32, metadata={"help": "Examples (SFT) or pairs (DPO) per step.", "min": 1})
+    eval_prompts: int = field(default=128, metadata={"help": "Held-out prompts for the final evaluation.", "min": 1})
+    eval_samples: int = field(default=4, metadata={"help": "Samples per held-out prompt.", "min": 1})
+    curve_points: int = field(default=4, metadata={"help": "Reward-vs-KL evaluations during DPO (0 = only the end).", "min": 0})
+    max_new_tokens: int = field(default=40, metadata={"help": "Longest sampled response.", "min": 1})
     output_dir: str = field(default="runs", metadata={"help": "The run goes to <output_dir>/demo-<timestamp>."})
     progress: bool = field(default=True, metadata={"help": "Show progress bars."})
 
@@ -65,6 +67,7 @@ def _series(metrics: list[dict], key: str) -> list[tuple[float, float]]:
 
 
 def run_demo(cfg: DemoConfig, run_dir: Path | None = None, log=print) -> dict:
+    check_config(cfg)
     t0 = time.perf_counter()
     run_dir = Path(run_dir or Path(cfg.output_dir) / f"demo-{time.strftime('%Y%m%d-%H%M%S')}")
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -87,9 +90,9 @@ def run_demo(cfg: DemoConfig, run_dir: Path | None = None, log=print) -> dict:
         seed=cfg.seed, sampling=sampling))
     write_jsonl(run_dir / "preferences.jsonl", rows)
 
-    eval_prompts = task.prompts("eval", cfg.eval_prompts, seed=cfg.seed + 1)
+    eval_prompts = task.prompts("eval", cfg.eval_prompts, seed=derive_seed(cfg.seed, EVAL_PROMPTS))
     eval_sampling = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=1.0,
-                                   num_samples=cfg.eval_samples, seed=cfg.seed + 2, batch_size=256)
+                                   num_samples=cfg.eval_samples, seed=derive_seed(cfg.seed, EVAL_SAMPLING), batch_size=256)
     sft_samples = sample_policy(sft_model, tokenizer, task, eval_prompts, eval_sampling)
     curve_prompts = eval_prompts[: max(16, cfg.eval_prompts // 4)]
     curve_sampling = SamplingConfig(**{**eval_sampling.__dict__, "num_samples": 2})

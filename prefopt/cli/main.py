@@ -1,14 +1,48 @@
 """The ``prefopt`` command.
 
-Every command takes ``key=value`` overrides of its config dataclass; errors print one line
-(``--debug`` shows the traceback).
+Every command takes ``key=value`` overrides of its config dataclass, anywhere on the command
+line; errors print one line (``--debug`` shows the traceback).
 """
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import traceback
 from pathlib import Path
+
+OVERRIDE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*=")  # `section.key=value`
+
+
+def _value_options(parser: argparse.ArgumentParser) -> set[str]:
+    """Option strings, of every sub-command, that take a value (their next token is not an override)."""
+    out = set()
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                out |= _value_options(sub)
+        elif action.option_strings and action.nargs != 0:
+            out.update(action.option_strings)
+    return out
+
+
+def split_overrides(argv: list[str], parser: argparse.ArgumentParser) -> tuple[list[str], list[str]]:
+    """(other arguments, key=value overrides): overrides are taken from anywhere in ``argv`` before
+    argparse sees it (argparse cannot take a positional list after options, e.g. ``data make
+    reviews --out x flip_rate=0.1``); an option's value, an existing file and anything after
+    ``--`` stay where they are."""
+    takes_value = _value_options(parser)
+    rest, overrides = [], []
+    after_dashes = False
+    for i, token in enumerate(argv):
+        if token == "--":
+            after_dashes = True
+        elif (not after_dashes and OVERRIDE.match(token) and not (i and argv[i - 1] in takes_value)
+              and not Path(token).exists()):
+            overrides.append(token)
+            continue
+        rest.append(token)
+    return rest, overrides
 
 
 def _config_help(cls) -> str:
@@ -32,7 +66,10 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("config", nargs="?", help="YAML config file")
     t.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.steps=50")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its newest checkpoint")
-    t.add_argument("--check", action="store_true", help="validate the config and exit")
+    t.add_argument("--overwrite", action="store_true",
+                   help="start a new run in a run directory that holds files, clearing it first")
+    t.add_argument("--check", action="store_true",
+                   help="validate the config and the model, data and output paths, then exit")
 
     d = sub.add_parser("demo", help="SFT → preference data → DPO → report on the reviews lab task",
                        formatter_class=fmt, epilog=_config_help(DemoConfig))
@@ -59,21 +96,34 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def cmd_train(args) -> int:
+    from prefopt.cli.check import check_train_inputs
     from prefopt.cli.config import load_config
-    from prefopt.cli.run import run_train
+    from prefopt.cli.run import run_dir_for, run_train
+    from prefopt.errors import PrefoptError, output_error
     from prefopt.train.config import TrainConfig
 
     config_path = args.config
-    if config_path and "=" in config_path and not Path(config_path).exists():
-        # `train --resume DIR key=value`: argparse hands the first override to the optional config
-        args.overrides, config_path = [config_path] + list(args.overrides), None
     if args.resume and config_path is None:
         config_path = str(Path(args.resume) / "config.yaml")
     cfg = load_config(TrainConfig, config_path, args.overrides)
+    if args.resume and cfg.model.trust_remote_code and not any(
+            o.startswith("model.trust_remote_code=") for o in args.overrides):
+        from prefopt.errors import ConfigError  # a run folder may come from anyone: code runs only if asked here
+        raise ConfigError("--resume: the run's config sets model.trust_remote_code=true; pass "
+                          "model.trust_remote_code=true on the command line to allow the model's own code")
+    notes = check_train_inputs(cfg, args.resume)
     if args.check:
+        for note in notes:
+            print(f"note: {note}")
         print("config OK")
         return 0
-    out = run_train(cfg, resume=bool(args.resume), run_dir=Path(args.resume) if args.resume else None)
+    run_dir = Path(args.resume) if args.resume else run_dir_for(cfg)
+    try:
+        out = run_train(cfg, resume=bool(args.resume), run_dir=run_dir, overwrite=args.overwrite)
+    except OSError as exc:
+        if exc.filename is not None or isinstance(exc, PrefoptError):
+            raise
+        raise output_error(exc, run_dir) from exc  # e.g. a full disk: name the run being written
     from prefopt.dist import current
     if not current().is_main:  # under torchrun, rank 0 reports
         return 0
@@ -84,10 +134,12 @@ def cmd_train(args) -> int:
 
 
 def cmd_demo(args) -> int:
+    from prefopt.cli.check import check_writable
     from prefopt.cli.config import load_config
     from prefopt.cli.demo import DemoConfig, run_demo
 
     cfg = load_config(DemoConfig, None, args.overrides)
+    check_writable("--out" if args.out else "output_dir", args.out or cfg.output_dir)
     summary = run_demo(cfg, Path(args.out) if args.out else None)
     _print_summary(summary)
     return 0
@@ -117,6 +169,7 @@ def cmd_tasks(args) -> int:
 
 
 def cmd_data_make(args) -> int:
+    from prefopt.cli.check import check_writable
     from prefopt.cli.config import load_config
     from prefopt.cli.run import task_tokenizer
     from prefopt.data.loaders import write_jsonl
@@ -127,6 +180,7 @@ def cmd_data_make(args) -> int:
     from prefopt.tasks.prefdata import PrefDataConfig, make_preference_data
 
     cfg = load_config(PrefDataConfig, None, args.overrides)
+    check_writable("--out", Path(args.out).parent)
     task = get_task(args.task)
     tokenizer = task_tokenizer(args.task, {}) if is_tiny(args.model) else load_tokenizer(args.model)
     model = load_model(ModelConfig(name_or_path=args.model), tokenizer)
@@ -138,10 +192,12 @@ def cmd_data_make(args) -> int:
 
 
 def cmd_compare(args) -> int:
+    from prefopt.cli.check import check_writable
     from prefopt.cli.compare import CompareConfig, run_compare
     from prefopt.cli.config import load_config
 
     cfg = load_config(CompareConfig, None, args.overrides)
+    check_writable("--out" if args.out else "output_dir", args.out or cfg.output_dir)
     summary = run_compare(cfg, Path(args.out) if args.out else None)
     print(_compare_text(summary))
     return 0
@@ -152,23 +208,39 @@ def _compare_text(summary: dict) -> str:
     return markdown_table(summary) + f"\nwall time {summary['seconds']['total']} s"
 
 
+def _interrupted_message(exc: KeyboardInterrupt) -> str:
+    checkpoint = getattr(exc, "checkpoint", None)
+    if checkpoint is not None:
+        return (f"interrupted ({exc}): {checkpoint} holds the last completed step; continue with "
+                f"`prefopt train --resume {exc.run_dir}`")
+    if getattr(exc, "run_dir", None) is not None:
+        return f"interrupted ({exc}) before the first step completed: nothing was saved"
+    return "interrupted during start-up: nothing was saved"
+
+
 COMMANDS = {"train": cmd_train, "demo": cmd_demo, "tasks": cmd_tasks, "compare": cmd_compare}
 
 
 def main(argv: list[str] | None = None) -> int:
     from prefopt.errors import PrefoptError
 
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    rest, overrides = split_overrides(sys.argv[1:] if argv is None else list(argv), parser)
+    args = parser.parse_args(rest)
+    if overrides and not hasattr(args, "overrides"):
+        parser.error(f"'{args.command}' takes no key=value overrides: {' '.join(overrides)}")
+    if overrides:
+        args.overrides = list(args.overrides or []) + overrides
     handler = cmd_data_make if args.command == "data" else COMMANDS[args.command]
     try:
         return handler(args)
-    except KeyboardInterrupt:
-        print("interrupted: a resumable checkpoint was saved where a step had completed", file=sys.stderr)
-        return 130
-    except (PrefoptError, FileNotFoundError) as exc:
+    except KeyboardInterrupt as exc:
+        print(_interrupted_message(exc), file=sys.stderr)
+        return 128 + getattr(exc, "signum", 2)
+    except (PrefoptError, OSError) as exc:  # OSError: e.g. a full disk under a path the OS names
         if args.debug:
             traceback.print_exc()
-        print(f"error: {_where()}{exc}", file=sys.stderr)
+        print(f"error: {_where()}{_one_line(exc)}", file=sys.stderr)
         return 2
     finally:
         from prefopt.dist import shutdown
@@ -179,6 +251,15 @@ def _where() -> str:
     from prefopt.dist import current
     rt = current()
     return f"rank {rt.rank}: " if rt.distributed else ""
+
+
+def _one_line(exc: Exception) -> str:
+    from prefopt.errors import PrefoptError
+
+    if isinstance(exc, OSError) and not isinstance(exc, PrefoptError):
+        where = f"{exc.filename}: " if exc.filename is not None else ""
+        return f"{where}{exc.strerror or exc}"
+    return " ".join(str(exc).split("\n"))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Build everything a ``prefopt train`` config describes, then run the single loop."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -13,7 +14,8 @@ import yaml
 
 from prefopt.cli.builders import build_algorithm, build_model, finish_run
 from prefopt.cli.config import to_dict
-from prefopt.dist import init_runtime
+from prefopt.cli.resume import record_resume, resume_changes, saved_config
+from prefopt.dist import current, init_runtime
 from prefopt.dist.parallel import prepare_model
 from prefopt.errors import ConfigError
 from prefopt.models.loading import load_tokenizer
@@ -21,10 +23,14 @@ from prefopt.models.tiny import is_tiny
 from prefopt.optim import build_optimizer, optimizer_state_bytes
 from prefopt.tasks import get_task
 from prefopt.tasks.tokenizer import train_tokenizer
+from prefopt.train.checkpoint import checkpoint_step, select_resume_checkpoint
 from prefopt.train.config import TrainConfig
 from prefopt.train.distributed import NullLogger
+from prefopt.train.interrupt import GUARD
 from prefopt.train.loop import TrainResult, train
 from prefopt.train.metrics import MetricsLogger
+from prefopt.train.rundir import fresh_name, locked, prepare_new_run
+from prefopt.validation import check_config
 
 def cache_dir() -> Path:
     return Path(os.environ.get("PREFOPT_CACHE", Path.home() / ".cache" / "prefopt"))
@@ -65,39 +71,74 @@ class RunOutput:
 
 
 def run_dir_for(cfg: TrainConfig) -> Path:
-    name = cfg.run_name or f"{cfg.algo.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    return Path(cfg.output_dir) / name
+    if cfg.run_name:
+        return Path(cfg.output_dir) / cfg.run_name
+    # a generated name never reuses a folder (two runs started in the same second)
+    return Path(cfg.output_dir) / fresh_name(Path(cfg.output_dir), f"{cfg.algo.name}-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
 def run_train(cfg: TrainConfig, *, resume: bool = False, run_dir: Path | None = None,
-              evaluators=None) -> RunOutput:
+              evaluators=None, overwrite: bool = False) -> RunOutput:
     """Build tokenizer, model, data, algorithm and optimizer from ``cfg``; train; return the run.
 
-    Under torchrun every rank calls this: it joins the process group (``cfg.dist``), shards the
-    data, and rank 0 alone writes the run directory."""
+    A new run needs an empty (or new) run directory unless ``overwrite``, which clears it first;
+    ``resume`` continues the run from its newest intact checkpoint, accepting only the setting changes
+    of ``SAFE_ON_RESUME``. The run directory is locked for the whole run.
+
+    Under torchrun every rank calls this: it joins the process group (``cfg.dist``), draws its share
+    of the data, and rank 0 alone locks and writes the run directory."""
+    check_config(cfg)  # configs built in code (demo, compare, tests) get the checks YAML configs get
     rt = init_runtime(cfg.dist)
     run_dir = Path(rt.broadcast_object(str(run_dir) if run_dir else str(run_dir_for(cfg))))  # one name for all ranks
-    if resume and not run_dir.exists():
+    if resume and overwrite:
+        raise ConfigError("--resume and --overwrite exclude each other: continue the run or replace it")
+    if resume and not run_dir.is_dir():
         raise ConfigError(f"--resume: run directory {run_dir} does not exist")
-    torch.manual_seed(cfg.train.seed)
     if cfg.optim.name == "sophia" and cfg.model.attn_implementation in (None, "sdpa"):
         # Sophia's Hessian estimate backpropagates twice; SDPA kernels have no double backward.
         cfg.model.attn_implementation = "eager"
+    with GUARD, locked(run_dir) if rt.is_main else contextlib.nullcontext():
+        ckpt, changes, error = None, {}, None
+        try:  # rank 0 checks the run directory; every rank learns the outcome
+            if rt.is_main:
+                ckpt, changes = _open_run(cfg, run_dir, resume, overwrite)
+        except Exception as exc:
+            error = exc
+        rt.check_all(error)
+        ckpt = rt.broadcast_object(ckpt)
+        return _build_and_train(cfg, run_dir, ckpt, changes, evaluators)
+
+
+def _open_run(cfg: TrainConfig, run_dir: Path, resume: bool, overwrite: bool) -> tuple[Path | None, dict]:
+    """(checkpoint to resume or None, setting changes on resume); a new run's directory made ready."""
+    if not resume:
+        prepare_new_run(run_dir, overwrite=overwrite)
+        return None, {}
+    ckpt = select_resume_checkpoint(run_dir, fallback=cfg.train.checkpoint_fallback)
+    saved = saved_config(ckpt, run_dir)
+    return ckpt, (resume_changes(saved, to_dict(cfg), checkpoint_step(ckpt)) if saved is not None else {})
+
+
+def _build_and_train(cfg: TrainConfig, run_dir: Path, ckpt: Path | None, changes: dict, evaluators) -> RunOutput:
+    torch.manual_seed(cfg.train.seed)
     tokenizer = resolve_tokenizer(cfg)
     model = build_model(cfg, tokenizer)  # the policy (LoRA applied per cfg.lora) or e.g. a reward model
     algorithm, stats = build_algorithm(cfg, model, tokenizer)  # references copy the model before it is sharded
+    rt = current()
     model = prepare_model(model, rt)
     optimizer = build_optimizer(model, cfg.optim)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    resume = ckpt is not None
     if rt.is_main:
         (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        if resume:
+            record_resume(run_dir, ckpt, checkpoint_step(ckpt), changes)
     logger = (MetricsLogger(run_dir, tensorboard=cfg.train.tensorboard, wandb_project=cfg.train.wandb_project,
                             run_name=run_dir.name, config=to_dict(cfg), resume=resume) if rt.is_main else NullLogger())
     try:
-        if stats:
+        if stats and not resume:
             logger.log({"step": 0, **stats})
         result = train(model, algorithm, optimizer, cfg.train, run_dir, tokenizer=tokenizer, logger=logger,
-                       resume=resume, state_bytes_fn=optimizer_state_bytes,
+                       resume=ckpt if resume else False, state_bytes_fn=optimizer_state_bytes,
                        evaluators=evaluators)
     finally:
         logger.close()

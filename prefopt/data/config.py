@@ -15,10 +15,10 @@ class DataConfig:
         "Training data: a JSONL/JSON/Parquet/CSV file, a `datasets.save_to_disk` directory, a directory of data "
         "files or a hub dataset name. SFT without a path trains on the task's corpus.")})
     eval_path: str | None = field(default=None, metadata={"help": "Held-out data file; default: a slice of the training data."})
-    num_examples: int = field(default=2000, metadata={"help": "SFT examples drawn from the task corpus when no path is given."})
-    eval_examples: int = field(default=128, metadata={"help": "Held-out examples used for evaluation."})
-    max_length: int = field(default=128, metadata={"help": "Maximum prompt+response tokens; prompts are trimmed from the left first."})
-    max_prompt_length: int = field(default=64, metadata={"help": "Maximum prompt tokens (trimmed from the left)."})
+    num_examples: int = field(default=2000, metadata={"help": "SFT examples drawn from the task corpus when no path is given.", "min": 1})
+    eval_examples: int = field(default=128, metadata={"help": "Held-out examples used for evaluation (0 = none).", "min": 0})
+    max_length: int = field(default=128, metadata={"help": "Maximum prompt+response tokens; prompts are trimmed from the left first.", "min": 2})
+    max_prompt_length: int = field(default=64, metadata={"help": "Maximum prompt tokens (trimmed from the left).", "min": 1})
     on_bad_row: Literal["error", "skip"] = field(default="error", metadata={"help": (
         "'error' stops at the first malformed row naming file, row and field; 'skip' drops and counts them.")})
     shuffle: bool = field(default=True, metadata={"help": "Shuffle training examples each epoch (seeded)."})

@@ -24,6 +24,7 @@ field or column (as named in the source, with the field it maps to) and what was
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import re
@@ -31,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prefopt.errors import DataError
+from prefopt.errors import DataError, output_error
 
 SCHEMAS: dict[str, tuple[str, ...]] = {
     "pairwise": ("prompt", "chosen", "rejected"),
@@ -57,8 +58,9 @@ def _read_jsonl(path: Path) -> tuple[list[dict], list[int]]:
     if not path.exists():
         raise DataError(f"{path}: file not found")
     rows, lines = [], []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
+    with path.open("rb") as fh:  # decoded line by line, so bad bytes are reported with their line
+        for lineno, raw in enumerate(fh, start=1):
+            line = _decode(raw, path, lineno)
             if not line.strip():
                 continue
             try:
@@ -72,15 +74,34 @@ def _read_jsonl(path: Path) -> tuple[list[dict], list[int]]:
     return rows, lines
 
 
+def _decode(data: bytes, path: Path, lineno: int | None = None) -> str:
+    """UTF-8 text of ``data`` (a whole file, or its line ``lineno``); bad bytes fail naming file and line."""
+    try:
+        return data.decode("utf-8-sig" if lineno in (None, 1) else "utf-8")
+    except UnicodeDecodeError as exc:
+        if lineno is None:
+            lineno = data.count(b"\n", 0, exc.start) + 1
+            column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        else:
+            column = exc.start + 1
+        raise DataError(f"{path}, line {lineno}: not valid UTF-8 (byte 0x{data[exc.start]:02x} at column "
+                        f"{column}); re-save the file as UTF-8") from None
+
+
 def write_jsonl(path: str | Path, rows: list[dict]) -> None:
-    """Write rows atomically (temp file then rename) so a crash never leaves half a file."""
+    """Write rows atomically (temp file then rename) so a crash never leaves half a file; a
+    read-only or full disk fails naming the path and leaves no temp file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
-        for row in rows:
-            fh.write(json.dumps(row) + "\n")
-    tmp.replace(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tmp.open("w", encoding="utf-8") as fh:
+            for row in rows:
+                fh.write(json.dumps(row) + "\n")
+        tmp.replace(path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise output_error(exc, path) from None
 
 
 @dataclass
@@ -99,7 +120,7 @@ class Records:
 
 def _read_json(path: Path) -> list[dict]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(_decode(path.read_bytes(), path))
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
     if isinstance(data, dict):  # {"data": [...]} or a column-oriented dict of lists
@@ -126,7 +147,7 @@ def _read_parquet(path: Path) -> list[dict]:
 
 
 def _read_csv(path: Path, delimiter: str) -> list[dict]:
-    with path.open(encoding="utf-8", newline="") as fh:
+    with io.StringIO(_decode(path.read_bytes(), path), newline="") as fh:
         reader = csv.DictReader(fh, delimiter=delimiter)
         if not reader.fieldnames:
             raise DataError(f"{path}: empty CSV file (expected a header row)")
@@ -207,7 +228,9 @@ def _read_datasets(name_or_path: str, split: str | None) -> list[dict]:
     return ds.to_list()
 
 
-def _looks_local(name: str) -> bool:
+def looks_local(name: str) -> bool:
+    """A name that can only be a path (absolute, ./ or ~, a data-file suffix, or more than one '/'),
+    not a hub dataset ('name' or 'org/name')."""
     return (name.startswith(("/", ".", "~")) or Path(name).suffix.lower() in _SUFFIX_FORMAT
             or name.count("/") > 1)
 
@@ -230,7 +253,7 @@ def read_records(path: str | Path, *, fmt: str = "auto", split: str | None = Non
             if not fmt:
                 raise DataError(f"{name}: unknown file type '{p.suffix}' (expected "
                                 f"{', '.join(sorted(_SUFFIX_FORMAT))}; or set data.format)")
-        elif _looks_local(name):
+        elif looks_local(name):
             raise DataError(f"{name}: file not found")
         else:
             fmt = "datasets"  # a hub name such as 'org/name'

@@ -20,6 +20,7 @@ import torch
 from prefopt.data.chat import render_pair
 from prefopt.data.tokenize import Encoded, EncodedPair, collate_sequences, encode_text, fit_lengths
 from prefopt.errors import DataError
+from prefopt.seeding import UNPAIRED_PARTNERS, derive_seed
 from prefopt.types import FeedbackBatch
 
 log = logging.getLogger("prefopt.data")
@@ -178,7 +179,7 @@ def encode_unpaired(tokenizer, rows: list[dict], *, max_length: int, max_prompt_
     if not kept:
         raise DataError(f"{source}: no usable examples ({stats.empty_responses} had an empty completion)")
     order = list(range(len(kept)))
-    random.Random(seed).shuffle(order)
+    random.Random(derive_seed(seed, UNPAIRED_PARTNERS)).shuffle(order)
     partner = {order[i]: order[(i + 1) % len(order)] for i in range(len(order))}
     out = []
     for i, r in enumerate(kept):

@@ -20,12 +20,12 @@ class DistConfig:
     backend: Literal["auto", "gloo", "nccl"] = field(default="auto", metadata={"help": (
         "Process-group backend: 'auto' = nccl when CUDA is available, else gloo.")})
     timeout_s: float = field(default=600.0, metadata={"help": (
-        "Seconds a collective may wait for the other ranks before the run fails (a rank that died or hangs).")})
+        "Seconds a collective may wait for the other ranks before the run fails (a rank that died or hangs)."),
+        "gt": 0})
 
-    def validate(self) -> None:
+    def validate(self, prefix: str = "dist.") -> None:
+        """The choices (the YAML loader checks them too; this covers configs built in code)."""
         if self.strategy not in STRATEGIES:
-            raise ConfigError(f"dist.strategy: got '{self.strategy}', expected one of {', '.join(STRATEGIES)}")
+            raise ConfigError(f"{prefix}strategy: got '{self.strategy}', expected one of {', '.join(STRATEGIES)}")
         if self.backend not in BACKENDS:
-            raise ConfigError(f"dist.backend: got '{self.backend}', expected one of {', '.join(BACKENDS)}")
-        if not self.timeout_s > 0:
-            raise ConfigError(f"dist.timeout_s: got {self.timeout_s}, expected > 0")
+            raise ConfigError(f"{prefix}backend: got '{self.backend}', expected one of {', '.join(BACKENDS)}")

@@ -174,8 +174,10 @@ def init_runtime(cfg: DistConfig | None = None) -> Runtime:
     ``fsdp2`` asks for one (a mesh of one rank)."""
     import torch.distributed as dist
 
+    from prefopt.validation import check_config
+
     cfg = cfg or DistConfig()
-    cfg.validate()
+    check_config(cfg, "dist.")
     world = launched_world_size()
     if world > 1 and cfg.strategy == "none":
         raise ConfigError(f"dist.strategy: 'none' with {world} processes; use ddp or fsdp2 (or one process)")

@@ -4,6 +4,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from prefopt.seeding import SEED_MAX
+
+DtypeName = Literal["float32", "bfloat16", "float16"]  # names of torch dtypes (models.loading.DTYPES)
+
 
 @dataclass
 class ModelConfig:
@@ -13,9 +17,10 @@ class ModelConfig:
     tokenizer: str | None = field(default=None, metadata={"help": (
         "Tokenizer name or path; defaults to the model's. Tiny models use the lab task's tokenizer.")})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow model code from the hub repo (off: safer)."})
-    dtype: str = field(default="float32", metadata={"help": "Parameter dtype: float32, bfloat16 or float16."})
-    init_seed: int = field(default=0, metadata={"help": "Seed for the random initialization of tiny models."})
-    max_positions: int = field(default=256, metadata={"help": "Context length of tiny models."})
+    dtype: DtypeName = field(default="float32", metadata={"help": "Parameter dtype (float32, bfloat16 or float16)."})
+    init_seed: int = field(default=0, metadata={"help": "Seed for the random initialization of tiny models.",
+                                                  "min": 0, "max": SEED_MAX})
+    max_positions: int = field(default=256, metadata={"help": "Context length of tiny models.", "min": 1})
     attn_implementation: str | None = field(default=None, metadata={"help": (
         "Attention kernel ('eager', 'sdpa', ...); default: transformers' choice. "
         "The sophia optimizer needs 'eager' (double backward) and selects it itself.")})
@@ -30,9 +35,9 @@ class LoraConfig:
     """LoRA / QLoRA adapters through PEFT (off unless ``enabled``)."""
 
     enabled: bool = field(default=False, metadata={"help": "Train LoRA adapters instead of all weights."})
-    r: int = field(default=8, metadata={"help": "LoRA rank."})
-    alpha: float = field(default=16.0, metadata={"help": "LoRA scaling numerator (scale = alpha / r)."})
-    dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA input."})
+    r: int = field(default=8, metadata={"help": "LoRA rank.", "min": 1})
+    alpha: float = field(default=16.0, metadata={"help": "LoRA scaling numerator (scale = alpha / r).", "gt": 0})
+    dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA input.", "min": 0, "lt": 1})
     target_modules: list[str] | str = field(default="all-linear", metadata={"help": (
         "Modules that get adapters: 'all-linear' (every linear layer but the output head) or a list of "
         "module names, e.g. [q_proj, v_proj].")})
@@ -43,10 +48,7 @@ class LoraConfig:
     save: Literal["adapter", "merged", "both"] = field(default="adapter", metadata={"help": (
         "What a finished run keeps: the adapter checkpoints, a merged full model in <run>/merged, or both.")})
 
-    def validate(self) -> None:
-        if self.r < 1:
-            raise ValueError(f"r: got {self.r}, expected >= 1")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout: got {self.dropout}, expected 0 <= dropout < 1")
+    def validate(self, prefix: str = "lora.") -> None:
+        """Normalise a single module name to a list (the ranges are checked from the field metadata)."""
         if isinstance(self.target_modules, str) and self.target_modules != "all-linear":
             self.target_modules = [self.target_modules]

@@ -1,15 +1,16 @@
 """Load any ``AutoModelForCausalLM`` by hub name or local path, or build a tiny one from a config."""
 from __future__ import annotations
 
+import typing
 from pathlib import Path
 
 import torch
 
 from prefopt.errors import ConfigError, PrefoptError
-from prefopt.models.config import ModelConfig
+from prefopt.models.config import DtypeName, ModelConfig
 from prefopt.models.tiny import is_tiny, tiny_config
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {name: getattr(torch, name) for name in typing.get_args(DtypeName)}
 
 
 def _dtype(name: str) -> torch.dtype:

@@ -27,6 +27,7 @@ from prefopt.errors import ConfigError, PrefoptError
 from prefopt.models.config import ModelConfig
 from prefopt.models.loading import DTYPES, _check_local
 from prefopt.models.tiny import is_tiny, tiny_config
+from prefopt.seeding import REWARD_INIT, REWARD_MEMBER, derive_seed
 
 AGGREGATIONS = ("mean", "min", "uwo")
 ENSEMBLE_FILE = "ensemble.json"
@@ -103,7 +104,7 @@ def set_meta(model, meta: dict) -> None:
 def build_reward_backbone(model_cfg: ModelConfig, tokenizer, num_labels: int = 1, seed: int = 0):
     """A sequence-classification model on ``model_cfg``'s backbone with ``num_labels`` heads.
 
-    Tiny models are created from a config (initialised with ``init_seed + seed``); others load
+    Tiny models are created from a config (initialised from ``(init_seed, seed)``); others load
     their backbone from a hub name or directory (a causal LM checkpoint works: the head is new
     and initialised from ``seed``).
     """
@@ -114,7 +115,7 @@ def build_reward_backbone(model_cfg: ModelConfig, tokenizer, num_labels: int = 1
         raise ConfigError(f"model.dtype: got '{model_cfg.dtype}', expected one of {', '.join(DTYPES)}")
     pad = tokenizer.pad_token_id if tokenizer is not None else None
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(model_cfg.init_seed + seed)
+        torch.manual_seed(derive_seed(model_cfg.init_seed, REWARD_INIT, seed))
         if is_tiny(model_cfg.name_or_path):
             if tokenizer is None:
                 raise ConfigError("a tiny reward model needs a tokenizer")
@@ -147,7 +148,7 @@ def build_reward_model(model_cfg: ModelConfig, tokenizer, *, ensemble_size: int 
     if ensemble_size == 1 or kind == "heads":
         model = build_reward_backbone(model_cfg, tokenizer, num_labels=ensemble_size, seed=seed)
     else:
-        model = RewardEnsemble([build_reward_backbone(model_cfg, tokenizer, 1, seed=seed + 1000 * i)
+        model = RewardEnsemble([build_reward_backbone(model_cfg, tokenizer, 1, seed=derive_seed(seed, REWARD_MEMBER, i))
                                 for i in range(ensemble_size)])
     if meta:
         set_meta(model, {**meta, "ensemble_size": ensemble_size, "ensemble_kind": kind})

@@ -23,6 +23,7 @@ from prefopt.optim.config import OptimConfig
 from prefopt.optim.groups import KINDS, classify_parameters, param_groups
 from prefopt.optim.registry import OPTIMIZERS, Option, OptimizerSpec, available_optimizers
 from prefopt.optim.state import optimizer_state_bytes
+from prefopt.validation import check_config
 
 __all__ = [
     "KINDS",
@@ -47,7 +48,7 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer
     trainable parameters, or when the optimizer projects/orthogonalizes 2-D weight
     matrices and the model has no trainable one.
     """
-    cfg.validate()
+    check_config(cfg, "optim.")
     spec = OPTIMIZERS[cfg.name]
     groups = param_groups(model, cfg.weight_decay)
     if not groups:

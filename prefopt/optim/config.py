@@ -8,6 +8,7 @@ from typing import Any
 
 from prefopt.errors import ConfigError
 from prefopt.optim.registry import OPTIMIZERS, unknown_name_message
+from prefopt.validation import bad_value
 
 
 def _is_number(x: Any) -> bool:
@@ -33,14 +34,16 @@ class OptimConfig:
         default=1e-4,
         metadata={
             "help": "learning rate (for adafactor the cap of its relative step size; for muon with "
-            "options.adjusted_lr the rate of both parts; for sophia the largest step is lr*options.clip)"
+            "options.adjusted_lr the rate of both parts; for sophia the largest step is lr*options.clip)",
+            "gt": 0,
         },
     )
     weight_decay: float = field(
         default=0.0,
         metadata={
             "help": "decoupled weight decay, applied to 2-D weights, embeddings and LM head; never to norms, "
-            "biases or other 1-D tensors"
+            "biases or other 1-D tensors",
+            "min": 0,
         },
     )
     betas: tuple[float, float] = field(
@@ -55,7 +58,8 @@ class OptimConfig:
         default=1e-8,
         metadata={
             "help": "numerical-stability term of the denominator (adafactor: its eps1; sophia: floor of the "
-            "Hessian EMA; sgd_sai: of the gradient-SNR); not used by lion/lion_8bit"
+            "Hessian EMA; sgd_sai: of the gradient-SNR); not used by lion/lion_8bit",
+            "min": 0,
         },
     )
     options: dict = field(
@@ -66,8 +70,11 @@ class OptimConfig:
         },
     )
 
-    def validate(self) -> None:
-        """Raise ``ConfigError`` (a ``ValueError``) with a clear message if this config cannot build an optimizer."""
+    def validate(self, prefix: str = "optim.") -> None:
+        """Raise ``ConfigError`` (a ``ValueError``) with a clear message if this config cannot build an optimizer.
+
+        ``lr``, ``weight_decay`` and ``eps`` are range-checked from their field metadata
+        (:func:`prefopt.validation.check_config`); this checks the name, betas and options."""
         if not isinstance(self.name, str) or self.name not in OPTIMIZERS:
             raise ConfigError(unknown_name_message(self.name))
         spec = OPTIMIZERS[self.name]
@@ -78,27 +85,21 @@ class OptimConfig:
                 f"optimizer {self.name!r} needs {', '.join(missing)}, which is not installed "
                 f"(pip install {pkgs})"
             )
-        if not _is_number(self.lr) or self.lr <= 0:
-            raise ConfigError(f"optim.lr must be a positive number, got {self.lr!r}")
-        if not _is_number(self.weight_decay) or self.weight_decay < 0:
-            raise ConfigError(f"optim.weight_decay must be a number >= 0, got {self.weight_decay!r}")
         if (
             not isinstance(self.betas, (tuple, list))
             or len(self.betas) != 2
             or not all(_is_number(b) and 0.0 <= b < 1.0 for b in self.betas)
         ):
-            raise ConfigError(f"optim.betas must be two numbers in [0, 1), got {self.betas!r}")
-        if not _is_number(self.eps) or self.eps < 0:
-            raise ConfigError(f"optim.eps must be a number >= 0, got {self.eps!r}")
+            raise bad_value(f"{prefix}betas", self.betas, "two numbers in [0, 1)")
         if not isinstance(self.options, dict):
-            raise ConfigError(f"optim.options must be a mapping, got {type(self.options).__name__}")
+            raise bad_value(f"{prefix}options", self.options, "a mapping")
 
         defaults = {f.name: f.default for f in fields(self)}
         if not spec.uses_betas and tuple(self.betas) != tuple(defaults["betas"]):
             raise ConfigError(
-                f"optimizer {self.name!r} does not use optim.betas (got {tuple(self.betas)}); remove it"
+                f"optimizer {self.name!r} does not use {prefix}betas (got {tuple(self.betas)}); remove it"
                 + (" and set optim.options.momentum instead" if "momentum" in spec.options else "")
             )
         if not spec.uses_eps and self.eps != defaults["eps"]:
-            raise ConfigError(f"optimizer {self.name!r} does not use optim.eps (got {self.eps!r}); remove it")
+            raise ConfigError(f"optimizer {self.name!r} does not use {prefix}eps (got {self.eps!r}); remove it")
         spec.resolve_options(self.options)  # unknown keys, types, ranges

@@ -27,10 +27,10 @@ what importance ratios against a later recomputation need. It is *not* the log-p
 (tempered, truncated) distribution the token was actually drawn from.
 
 Determinism: the randomness of a row comes only from its row key, derived from
-``(seed of its prompt, sample index j)``, where the seed of prompt ``p`` is ``seeds[p]`` when
-given and otherwise derived from ``(cfg.seed, p)``. Random draws therefore do not depend on
-``cfg.batch_size``, on the other prompts in the call, or (with ``seeds``) on the prompt's
-position in the list. Same call twice gives identical output. Across different chunkings or
+``(seed of its prompt, sample index j)`` by :func:`prefopt.seeding.derive_seed`, where the seed
+of prompt ``p`` is ``seeds[p]`` when given and otherwise derived from ``(cfg.seed, p)``. Random
+draws therefore do not depend on ``cfg.batch_size``, on the other prompts in the call, or (with
+``seeds``) on the prompt's position in the list. Same call twice gives identical output. Across different chunkings or
 batch compositions the token choices are identical as long as the model's logits for a row do
 not change; in practice different padding / batch shapes can perturb logits at the 1e-6 level,
 which changes a sample only when its uniform draw lands that close to a CDF boundary (or, for
@@ -45,7 +45,9 @@ from typing import Any
 import torch
 
 from prefopt.errors import ConfigError
+from prefopt.seeding import ROLLOUT_PROMPT, ROLLOUT_SAMPLE, SEED_WORD_MAX, derive_seed
 from prefopt.types import Rollout
+from prefopt.validation import bad_value, check_config
 
 __all__ = ["SamplingConfig", "generate"]
 
@@ -55,21 +57,21 @@ class SamplingConfig:
     """How to sample responses from a causal LM (one flat config; a docstring per field)."""
 
     max_new_tokens: int = field(
-        default=32, metadata={"help": "Maximum number of tokens generated per response (stop token included)."}
+        default=32, metadata={"help": "Maximum number of tokens generated per response (stop token included).", "min": 1}
     )
     temperature: float = field(
-        default=1.0, metadata={"help": "Softmax temperature for sampling; 0 means greedy (argmax)."}
+        default=1.0, metadata={"help": "Softmax temperature for sampling; 0 means greedy (argmax).", "min": 0}
     )
     top_k: int = field(
-        default=0, metadata={"help": "Sample only among the k most likely tokens; 0 turns top-k off."}
+        default=0, metadata={"help": "Sample only among the k most likely tokens; 0 turns top-k off.", "min": 0}
     )
     top_p: float = field(
         default=1.0,
         metadata={"help": "Nucleus sampling: keep the smallest set of most likely tokens whose probability "
-                          "(after temperature and top-k) reaches top_p; 1.0 turns it off."},
+                          "(after temperature and top-k) reaches top_p; 1.0 turns it off.", "gt": 0, "max": 1},
     )
     num_samples: int = field(
-        default=1, metadata={"help": "Responses sampled per prompt (k); rows of a prompt are consecutive."}
+        default=1, metadata={"help": "Responses sampled per prompt (k); rows of a prompt are consecutive.", "min": 1}
     )
     stop_token_ids: tuple[int, ...] = field(
         default=(), metadata={"help": "Token ids that end a response, in addition to the tokenizer's eos."}
@@ -80,47 +82,20 @@ class SamplingConfig:
                           "(the token completing the string is kept; needs a tokenizer)."},
     )
     seed: int = field(
-        default=0, metadata={"help": "Base seed; prompt p's seed is derived from (seed, p) unless per-prompt seeds are given."}
+        default=0, metadata={"help": "Base seed; prompt p's seed is derived from (seed, p) unless per-prompt seeds are given.",
+                            "min": 0, "max": SEED_WORD_MAX}
     )
     batch_size: int = field(
-        default=64, metadata={"help": "Maximum number of rows decoded together; larger requests are chunked."}
+        default=64, metadata={"help": "Maximum number of rows decoded together; larger requests are chunked.", "min": 1}
     )
 
-    def validate(self) -> None:
-        """Raise :class:`ConfigError` naming the field when a value is out of range."""
-        if self.max_new_tokens < 1:
-            raise ConfigError(f"sampling.max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.temperature < 0:
-            raise ConfigError(f"sampling.temperature must be >= 0 (0 = greedy), got {self.temperature}")
-        if self.top_k < 0:
-            raise ConfigError(f"sampling.top_k must be >= 0 (0 = off), got {self.top_k}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ConfigError(f"sampling.top_p must be in (0, 1], got {self.top_p}")
-        if self.num_samples < 1:
-            raise ConfigError(f"sampling.num_samples must be >= 1, got {self.num_samples}")
-        if self.batch_size < 1:
-            raise ConfigError(f"sampling.batch_size must be >= 1, got {self.batch_size}")
+    def validate(self, prefix: str = "sampling.") -> None:
+        """What the field ranges (:func:`prefopt.validation.check_config`) cannot express."""
         if any(not s for s in self.stop_strings):
-            raise ConfigError("sampling.stop_strings must not contain empty strings")
+            raise bad_value(f"{prefix}stop_strings", list(self.stop_strings), "no empty strings")
 
 
 # --------------------------------------------------------------------------- seeds
-
-_M64 = (1 << 64) - 1
-
-
-def _splitmix64(x: int) -> int:
-    x = (x + 0x9E3779B97F4A7C15) & _M64
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _M64
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _M64
-    return x ^ (x >> 31)
-
-
-def _mix(*values: int) -> int:
-    h = 0x2545F4914F6CDD1D
-    for v in values:
-        h = _splitmix64(h ^ (int(v) & _M64))
-    return h
 
 
 def _row_uniforms(row_keys: list[int], steps: int) -> torch.Tensor:
@@ -128,7 +103,7 @@ def _row_uniforms(row_keys: list[int], steps: int) -> torch.Tensor:
     out = torch.empty(len(row_keys), steps, dtype=torch.float64)
     gen = torch.Generator()
     for r, key in enumerate(row_keys):
-        gen.manual_seed(key & ((1 << 63) - 1))
+        gen.manual_seed(key)
         torch.rand(steps, generator=gen, dtype=torch.float64, out=out[r])
     return 1.0 - out  # (0, 1]: keeps inverse-CDF sampling off zero-probability tokens
 
@@ -341,7 +316,7 @@ def generate(
         ``logprobs`` raw (temperature-1, unfiltered) log-prob of each sampled token, 0 where masked;
         ``truncated`` True where no stop happened within ``max_new_tokens``.
     """
-    cfg.validate()
+    check_config(cfg, "sampling.")
     if not prompts:
         raise ConfigError("generate() needs at least one prompt")
     for i, p in enumerate(prompts):
@@ -361,9 +336,10 @@ def generate(
     stop_tensor = torch.tensor(sorted(stop_ids), dtype=torch.long, device=device)
     stopper = _StopStrings(cfg.stop_strings, tokenizer) if cfg.stop_strings else None
 
-    prompt_seeds = [int(s) for s in seeds] if seeds is not None else [_mix(cfg.seed, p) for p in range(len(prompts))]
+    prompt_seeds = ([int(s) for s in seeds] if seeds is not None
+                    else [derive_seed(cfg.seed, ROLLOUT_PROMPT, p) for p in range(len(prompts))])
     row_prompt = [r // k for r in range(n_rows)]
-    row_keys = [_mix(prompt_seeds[p], r % k) for r, p in enumerate(row_prompt)]
+    row_keys = [derive_seed(prompt_seeds[p], ROLLOUT_SAMPLE, r % k) for r, p in enumerate(row_prompt)]
 
     T = cfg.max_new_tokens
     ids_out = torch.full((n_rows, T), pad_token_id, dtype=torch.long)

@@ -10,7 +10,7 @@ import random
 import re
 import zlib
 
-from prefopt.tasks.base import Task, lab_prompts, register_task
+from prefopt.tasks.base import Task, lab_prompts, prompt_seed, register_task
 
 _INT = re.compile(r"^-?\d+$")
 _PROMPT = re.compile(r"^(\d+)([+\-*])(\d+)=$")
@@ -52,9 +52,7 @@ class ArithmeticTask(Task):
         return (zlib.crc32(prompt.encode()) % 5 == 0) == (split == "eval")
 
     def prompts(self, split: str, n: int, seed: int = 0) -> list[str]:
-        if split not in ("train", "eval"):
-            raise ValueError(f"split must be 'train' or 'eval', got '{split}'")
-        rng = random.Random(seed)
+        rng = random.Random(prompt_seed(seed, split))
         out: list[str] = []
         while len(out) < n:
             p = self._problem(rng)

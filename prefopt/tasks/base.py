@@ -3,10 +3,22 @@ from __future__ import annotations
 
 import difflib
 from abc import ABC, abstractmethod
-from typing import Callable
+import typing
+from typing import Callable, Literal
 
 from prefopt.data.chat import last_user_content
 from prefopt.errors import ConfigError
+from prefopt.seeding import TASK_PROMPTS, derive_seed
+
+Split = Literal["train", "eval"]  # prompt splits of every task
+SPLITS: tuple[str, ...] = typing.get_args(Split)
+
+
+def prompt_seed(seed: int, split: str) -> int:
+    """The seed of ``split``'s prompt stream under base ``seed`` (the splits' streams differ)."""
+    if split not in SPLITS:
+        raise ConfigError(f"split: got {split!r}, expected one of {', '.join(SPLITS)}")
+    return derive_seed(seed, TASK_PROMPTS, SPLITS.index(split))
 
 
 class Task(ABC):

@@ -11,30 +11,25 @@ from dataclasses import dataclass, field
 
 from prefopt.rollout.engine import SamplingConfig
 from prefopt.rollout.text import sample_texts
-from prefopt.tasks.base import Task
+from prefopt.seeding import PREFDATA_LABELS, PREFDATA_SAMPLING, SEED_WORD_MAX, derive_seed
+from prefopt.tasks.base import Split, Task
+from prefopt.validation import bad_value, check_config
 
 
 @dataclass
 class PrefDataConfig:
     """``prefopt data make TASK``: how preference pairs are sampled and labelled."""
 
-    num_prompts: int = field(default=512, metadata={"help": "Prompts to sample responses for."})
-    split: str = field(default="train", metadata={"help": "Task split the prompts come from (train or eval)."})
-    samples_per_prompt: int = field(default=2, metadata={"help": "k responses per prompt; they form k//2 disjoint pairs."})
+    num_prompts: int = field(default=512, metadata={"help": "Prompts to sample responses for.", "min": 1})
+    split: Split = field(default="train", metadata={"help": "Task split the prompts come from."})
+    samples_per_prompt: int = field(default=2, metadata={"help": "k responses per prompt; they form k//2 disjoint pairs.", "min": 2})
     objective: str = field(default="", metadata={"help": "Gold objective that labels pairs (default: the task's)."})
-    bt_temperature: float = field(default=0.1, metadata={"help": "Bradley-Terry temperature (0 = always prefer the higher gold score)."})
-    flip_rate: float = field(default=0.0, metadata={"help": "Probability ε of flipping each label (label noise)."})
-    seed: int = field(default=0, metadata={"help": "Seed for prompts, sampling and labels."})
+    bt_temperature: float = field(default=0.1, metadata={"help": "Bradley-Terry temperature (0 = always prefer the higher gold score).", "min": 0})
+    flip_rate: float = field(default=0.0, metadata={"help": "Probability ε of flipping each label (label noise).", "min": 0, "lt": 0.5})
+    seed: int = field(default=0, metadata={"help": "Seed for prompts, sampling and labels.", "min": 0, "max": SEED_WORD_MAX})
     sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(max_new_tokens=48, temperature=1.0),
                                      metadata={"help": "How responses are sampled."})
 
-    def validate(self) -> None:
-        if self.samples_per_prompt < 2:
-            raise ValueError(f"samples_per_prompt: got {self.samples_per_prompt}, expected >= 2")
-        if not 0.0 <= self.flip_rate < 0.5:
-            raise ValueError(f"flip_rate: got {self.flip_rate}, expected 0 <= ε < 0.5")
-        if self.bt_temperature < 0:
-            raise ValueError(f"bt_temperature: got {self.bt_temperature}, expected >= 0")
 
 
 @dataclass
@@ -54,17 +49,18 @@ def bt_prob(score_a: float, score_b: float, temperature: float) -> float:
 
 
 def make_preference_data(model, tokenizer, task: Task, cfg: PrefDataConfig) -> tuple[list[dict], PrefDataStats]:
-    cfg.validate()
+    check_config(cfg)
     objective = cfg.objective or task.default_objective
     if objective not in task.objectives:
-        raise ValueError(f"objective '{objective}' is not one of task '{task.name}' objectives {task.objectives}")
+        raise bad_value("objective", objective, f"one of task '{task.name}' objectives {', '.join(task.objectives)}")
     prompts = task.prompts(cfg.split, cfg.num_prompts, seed=cfg.seed)
     k = cfg.samples_per_prompt
-    sampling = SamplingConfig(**{**cfg.sampling.__dict__, "num_samples": k, "seed": cfg.seed})
+    sampling = SamplingConfig(**{**cfg.sampling.__dict__, "num_samples": k,
+                                 "seed": derive_seed(cfg.seed, PREFDATA_SAMPLING)})
     _, texts = sample_texts(model, tokenizer, prompts, sampling)
     row_prompts = [p for p in prompts for _ in range(k)]
     gold = task.gold(row_prompts, texts)
-    rng = random.Random(cfg.seed + 7919)
+    rng = random.Random(derive_seed(cfg.seed, PREFDATA_LABELS))
     rows, stats, agree = [], PrefDataStats(), 0
     for p_idx, prompt in enumerate(prompts):
         for j in range(0, k - 1, 2):

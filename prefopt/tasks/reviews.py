@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import random
 
-from prefopt.tasks.base import Task, lab_prompts, register_task
+from prefopt.seeding import TASK_CORPUS, derive_seed
+from prefopt.tasks.base import Task, lab_prompts, prompt_seed, register_task
 
 BRANDS = ("zenta", "korvo", "lumix", "nadir", "oberon", "pico", "quasar", "rhea",
           "sol", "tern", "umbra", "vega")
@@ -67,9 +68,7 @@ class ReviewsTask(Task):
         self._split = {"eval": combos[:cut], "train": combos[cut:]}
 
     def prompts(self, split: str, n: int, seed: int = 0) -> list[str]:
-        if split not in self._split:
-            raise ValueError(f"split must be 'train' or 'eval', got '{split}'")
-        rng = random.Random(seed)
+        rng = random.Random(prompt_seed(seed, split))
         combos = self._split[split]
         return [_prompt(*rng.choice(combos)) for _ in range(n)]
 
@@ -87,7 +86,7 @@ class ReviewsTask(Task):
         return " " + " ".join(self._sentence(rng, product) for _ in range(n))
 
     def sft_corpus(self, n: int, seed: int = 0) -> list[tuple[str, str]]:
-        rng = random.Random(seed)
+        rng = random.Random(derive_seed(seed, TASK_CORPUS))
         out = []
         for _ in range(n):
             brand, product = rng.choice(self._split["train"])

@@ -1,6 +1,7 @@
 """The ``prefopt train`` config: one dataclass per section, a help text per field."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -10,38 +11,43 @@ from prefopt.errors import ConfigError
 from prefopt.models.config import LoraConfig, ModelConfig
 from prefopt.optim.config import OptimConfig
 from prefopt.rollout.engine import SamplingConfig
+from prefopt.seeding import SEED_MAX
 from prefopt.train.online_config import OnlineConfig
 from prefopt.train.hybrid_config import HypoConfig, MixConfig, ResetConfig
 from prefopt.train.presets import OPTIONAL_SECTIONS, algo_help, check_sections
+from prefopt.validation import bad_value
 
 
 @dataclass
 class LoopConfig:
-    steps: int = field(default=100, metadata={"help": "Optimizer steps to run."})
-    batch_size: int = field(default=16, metadata={"help": "Examples per micro-batch."})
-    grad_accum: int = field(default=1, metadata={"help": "Micro-batches accumulated per optimizer step."})
-    max_grad_norm: float = field(default=1.0, metadata={"help": "Clip the global gradient norm to this (0 = off)."})
+    steps: int = field(default=100, metadata={"help": "Optimizer steps to run.", "min": 1})
+    batch_size: int = field(default=16, metadata={"help": "Examples per micro-batch.", "min": 1})
+    grad_accum: int = field(default=1, metadata={"help": "Micro-batches accumulated per optimizer step.", "min": 1})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Clip the global gradient norm to this (0 = off).", "min": 0})
     lr_schedule: Literal["constant", "linear", "cosine"] = field(default="cosine", metadata={"help": "LR decay after warmup."})
-    warmup_steps: int = field(default=0, metadata={"help": "Linear warmup steps."})
-    min_lr_ratio: float = field(default=0.0, metadata={"help": "Final LR as a fraction of the base LR (linear/cosine)."})
-    seed: int = field(default=0, metadata={"help": "Seed for data order, dropout and sampling."})
-    eval_every: int = field(default=0, metadata={"help": "Evaluate every N steps (0 = only at the end)."})
+    warmup_steps: int = field(default=0, metadata={"help": "Linear warmup steps.", "min": 0})
+    min_lr_ratio: float = field(default=0.0, metadata={"help": "Final LR as a fraction of the base LR (linear/cosine).", "min": 0, "max": 1})
+    seed: int = field(default=0, metadata={"help": "Seed for data order, dropout and sampling.", "min": 0, "max": SEED_MAX})
+    eval_every: int = field(default=0, metadata={"help": "Evaluate every N steps (0 = only at the end).", "min": 0})
     eval_on_start: bool = field(default=False, metadata={"help": (
         "Also evaluate the starting model (logged as step 0) for a before/after in one run; "
         "random state is left untouched, so the run itself is unchanged; skipped on --resume.")})
-    save_every: int = field(default=0, metadata={"help": "Checkpoint every N steps (0 = only at the end)."})
-    keep_checkpoints: int = field(default=2, metadata={"help": "How many newest checkpoints to keep."})
+    save_every: int = field(default=0, metadata={"help": "Checkpoint every N steps (0 = only at the end).", "min": 0})
+    keep_checkpoints: int = field(default=2, metadata={"help": "How many newest checkpoints to keep.", "min": 1})
+    checkpoint_fallback: bool = field(default=True, metadata={"help": (
+        "On --resume, a newest checkpoint that fails its manifest check (truncated, modified, incomplete) is "
+        "reported, renamed corrupt-checkpoint-N and skipped for the newest intact one; false: stop with the error.")})
     progress: bool = field(default=True, metadata={"help": "Show a progress bar."})
     tensorboard: bool = field(default=False, metadata={"help": "Also log to TensorBoard under <run>/tensorboard."})
     wandb_project: str | None = field(default=None, metadata={"help": "Also log to this Weights & Biases project."})
-    threads: int = field(default=0, metadata={"help": "torch CPU threads (0 = torch's default)."})
+    threads: int = field(default=0, metadata={"help": "torch CPU threads (0 = torch's default).", "min": 0})
 
 
 @dataclass
 class AlgoConfig:
     name: str = field(default="dpo", metadata={"help": algo_help()})
     loss: str = field(default="dpo", metadata={"help": "Pairwise loss for preference algorithms (dpo, ipo, simpo, ...)."})
-    beta: float = field(default=0.1, metadata={"help": "KL strength β of preference losses."})
+    beta: float = field(default=0.1, metadata={"help": "KL strength β of preference losses.", "gt": 0})
     loss_hparams: dict = field(default_factory=dict, metadata={"help": "Extra hyper-parameters of the loss, e.g. {label_smoothing: 0.1}."})
     reference: Literal["copy", "lora", "precomputed", "none"] = field(default="copy", metadata={"help": (
         "Reference policy: 'copy' (frozen copy of the initial policy), 'lora' (the policy with its LoRA adapters "
@@ -50,6 +56,22 @@ class AlgoConfig:
     loss_weights: dict = field(default_factory=dict, metadata={"help": (
         "Combine pairwise losses: {name: weight, ...}, e.g. {dpo: 1.0, bco_pair: 0.5}; replaces algo.loss. "
         "loss_hparams is then keyed by loss name, e.g. {bco_pair: {delta: 0.0}}.")})
+
+    def validate(self, prefix: str = "algo.") -> None:
+        """Loss names exist (their hyper-parameters are checked where the loss is built)."""
+        from prefopt.losses import get_pairwise_loss
+
+        names = [(f"{prefix}loss_weights.{n}", n) for n in self.loss_weights] or [(f"{prefix}loss", self.loss)]
+        for key, name in names:
+            if name == "kto" and key == f"{prefix}loss":
+                continue  # resolve_loss explains that kto is algo.name: kto
+            try:
+                get_pairwise_loss(name)
+            except ValueError as exc:
+                raise ConfigError(f"{key}: {exc}") from None
+        for name, weight in self.loss_weights.items():
+            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight):
+                raise bad_value(f"{prefix}loss_weights.{name}", weight, "a finite number")
 
 
 @dataclass
@@ -65,21 +87,18 @@ class PerfConfig:
 
 @dataclass
 class RewardConfig:
-    ensemble_size: int = field(default=1, metadata={"help": "Members of the reward ensemble (1 = a single reward model)."})
+    ensemble_size: int = field(default=1, metadata={"help": "Members of the reward ensemble (1 = a single reward model).", "min": 1})
     ensemble_kind: Literal["models", "heads"] = field(default="models", metadata={"help": (
         "'models': k separate models (own seed and data order); 'heads': k heads on one shared backbone.")})
     bootstrap: bool = field(default=False, metadata={"help": (
         "Train each member on a bootstrap resample of the pairs (for heads: Poisson(1) per-pair weights).")})
     aggregation: Literal["mean", "min", "uwo"] = field(default="mean", metadata={"help": (
         "How a scorer combines members: mean, worst-case 'min' (WCO), or 'uwo' = mean - uwo_lambda * variance.")})
-    uwo_lambda: float = field(default=1.0, metadata={"help": "λ of uncertainty-weighted aggregation."})
+    uwo_lambda: float = field(default=1.0, metadata={"help": "λ of uncertainty-weighted aggregation.", "min": 0})
     margin: float = field(default=0.0, metadata={"help": (
-        "Constant margin in -log σ(r_w - r_l - margin); a 'margin' data column adds a per-pair one.")})
+        "Constant margin in -log σ(r_w - r_l - margin); a 'margin' data column adds a per-pair one."), "min": 0})
     objective: str = field(default="reward", metadata={"help": "Name of the reward the saved scorer returns."})
 
-    def validate(self) -> None:
-        if self.ensemble_size < 1:
-            raise ConfigError(f"reward.ensemble_size: got {self.ensemble_size}, expected >= 1")
 
 
 @dataclass
@@ -111,7 +130,11 @@ class TrainConfig:
     output_dir: str = field(default="runs", metadata={"help": "Runs are written to <output_dir>/<run_name>."})
     run_name: str | None = field(default=None, metadata={"help": "Run folder name; default '<algo>-<timestamp>'."})
 
-    def validate(self) -> None:
-        """A section the chosen algorithm does not read, set to anything but its defaults, is an error."""
+    def validate(self, prefix: str = "") -> None:
+        """Combinations across sections (each section has checked its own fields); a section the chosen
+        algorithm does not read, set to anything but its defaults, is an error."""
         check_sections(self.algo.name, {name: getattr(self, name) != type(getattr(self, name))()
                                         for name in OPTIONAL_SECTIONS})
+        if self.algo.name == "kto" and self.train.batch_size < 2:
+            raise bad_value(f"{prefix}train.batch_size", self.train.batch_size,
+                            "an integer >= 2 with algo.name=kto (its KL baseline pairs mismatched examples)")

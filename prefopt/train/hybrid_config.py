@@ -6,7 +6,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from prefopt.errors import ConfigError
 
 
 @dataclass
@@ -17,48 +16,32 @@ class MixConfig:
     term: Literal["pairwise", "sft"] = field(default="pairwise", metadata={"help": (
         "What the offline rows train: 'pairwise' = the online recipe's pairwise loss on offline pairs (online_dpo); "
         "'sft' = NLL on the offline chosen / completion responses (any online recipe, e.g. GRPO + SFT).")})
-    weight: float = field(default=1.0, metadata={"help": "Weight of the offline SFT term (mix.term: sft)."})
+    weight: float = field(default=1.0, metadata={"help": "Weight of the offline SFT term (mix.term: sft).", "min": 0})
     schedule: Literal["constant", "linear", "cosine", "step"] = field(default="constant", metadata={"help": (
         "How the offline fraction ρ(t) moves from mix.start to mix.end over mix.horizon steps.")})
-    start: float = field(default=0.5, metadata={"help": "ρ at step 0: the fraction of each step's examples drawn offline."})
-    end: float | None = field(default=None, metadata={"help": "ρ at the horizon (null = mix.start)."})
-    horizon: int = field(default=0, metadata={"help": "Steps over which ρ moves (0 = train.steps); 'step' switches here."})
+    start: float = field(default=0.5, metadata={"help": "ρ at step 0: the fraction of each step's examples drawn offline.", "min": 0, "max": 1})
+    end: float | None = field(default=None, metadata={"help": "ρ at the horizon (null = mix.start).", "min": 0, "max": 1})
+    horizon: int = field(default=0, metadata={"help": "Steps over which ρ moves (0 = train.steps); 'step' switches here.", "min": 0})
 
-    def validate(self) -> None:
-        for name in ("start", "end"):
-            value = getattr(self, name)
-            if value is not None and not 0.0 <= value <= 1.0:
-                raise ConfigError(f"mix.{name}: got {value}, expected a fraction in [0, 1]")
-        if self.horizon < 0:
-            raise ConfigError(f"mix.horizon: got {self.horizon}, expected >= 0")
 
 
 @dataclass
 class HypoConfig:
     kl_coef: float = field(default=0.1, metadata={"help": (
-        "λ of λ·E_{x~D, y~π}[log π(y|x) - log π_ref(y|x)], the online reverse-KL term on fresh samples.")})
+        "λ of λ·E_{x~D, y~π}[log π(y|x) - log π_ref(y|x)], the online reverse-KL term on fresh samples."), "min": 0})
     num_samples: int = field(default=4, metadata={"help": (
-        "k fresh samples per online prompt (>= 2: the leave-one-out baseline compares them).")})
-    prompts_per_step: int = field(default=4, metadata={"help": "Online prompts per step (drawn from the offline prompts)."})
+        "k fresh samples per online prompt (>= 2: the leave-one-out baseline compares them)."), "min": 2})
+    prompts_per_step: int = field(default=4, metadata={"help": "Online prompts per step (drawn from the offline prompts).", "min": 1})
 
-    def validate(self) -> None:
-        if self.kl_coef < 0:
-            raise ConfigError(f"hypo.kl_coef: got {self.kl_coef}, expected >= 0")
-        if self.num_samples < 2:
-            raise ConfigError(f"hypo.num_samples: got {self.num_samples}, expected >= 2 (leave-one-out baseline)")
-        if self.prompts_per_step < 1:
-            raise ConfigError(f"hypo.prompts_per_step: got {self.prompts_per_step}, expected >= 1")
 
 
 @dataclass
 class ResetConfig:
     reset_prob: float = field(default=1.0, metadata={"help": (
-        "Probability that a rollout starts from the prompt plus a prefix of an offline response (DR-PO: 1.0).")})
+        "Probability that a rollout starts from the prompt plus a prefix of an offline response (DR-PO: 1.0)."),
+        "min": 0, "max": 1})
     column: Literal["auto", "chosen", "completion"] = field(default="auto", metadata={"help": (
         "Offline response the prefix is cut from: 'chosen' of pairs, 'completion' of SFT rows; auto = whichever exists.")})
     rl: Literal["ppo", "rloo", "grpo"] = field(default="ppo", metadata={"help": (
         "Policy-gradient optimizer under the resets (its preset defaults apply): ppo (the paper's), rloo, grpo.")})
 
-    def validate(self) -> None:
-        if not 0.0 <= self.reset_prob <= 1.0:
-            raise ConfigError(f"reset.reset_prob: got {self.reset_prob}, expected a probability in [0, 1]")

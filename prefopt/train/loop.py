@@ -4,7 +4,7 @@ Per optimizer step: the algorithm (a recipe of sources × loss terms, ``prefopt.
 supplies ``grad_accum`` micro-batches; each term's summed loss is divided by that term's units
 summed over the step before ``backward``, and terms add with their weights (so accumulation
 equals one large batch per term); gradients are clipped; optimizer and scheduler step; metrics are logged;
-evaluation and checkpoints happen on schedule. Ctrl-C saves a resumable checkpoint.
+evaluation and checkpoints happen on schedule. SIGINT/SIGTERM save a resumable checkpoint.
 
 Under data parallelism (``prefopt.dist``) every rank runs this loop on its share of each batch;
 the step's units are all-reduced in ``step_units``, gradients summed, metrics reduced, and rank 0
@@ -12,8 +12,10 @@ alone writes metrics and checkpoints (full state, see ``prefopt.train.distribute
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import random
+import signal
 import time
 import warnings
 from dataclasses import dataclass
@@ -27,12 +29,14 @@ from prefopt.dist.parallel import gathered, grad_norm_value, sync_gradients
 from prefopt.errors import StopTraining, TrainingError
 from prefopt.optim import needs_create_graph
 from prefopt.train.algorithms.base import Algorithm
-from prefopt.train.checkpoint import (latest_checkpoint, load_model_weights, load_trainer_state,
-                                      rng_state, save_checkpoint, set_rng_state)
+from prefopt.train.checkpoint import rng_state, set_rng_state
 from prefopt.train.config import LoopConfig
-from prefopt.train.distributed import NullLogger, checkpoint_state, reduce_step, restore_state
-from prefopt.train.metrics import MetricsLogger, peak_rss_mib
+from prefopt.train.distributed import NullLogger, reduce_step
+from prefopt.train.interrupt import GUARD, TrainingInterrupted
+from prefopt.train.metrics import MetricsLogger, last_eval, peak_rss_mib
 from prefopt.train.recipe import plan_step, step_units
+from prefopt.train.rundir import locked
+from prefopt.train.run_state import RunState
 from prefopt.train.schedule import build_scheduler
 
 
@@ -53,72 +57,60 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _resume(ckpt: Path, model, optimizer, scheduler, algorithm) -> int:
-    state = load_trainer_state(ckpt)
-    algorithm_state, rng = restore_state(current(), ckpt, state, model, optimizer, load_model_weights)
-    scheduler.load_state_dict(state["scheduler"])
-    algorithm.load_state_dict(algorithm_state)
-    set_rng_state(rng)
-    return int(state["step"])
-
-
-def _save(run_dir: Path, step: int, model, tokenizer, optimizer, scheduler, algorithm, cfg: LoopConfig,
-          *, collective: bool = True, replace: dict | None = None) -> Path | None:
-    """Every rank calls this (state is gathered); rank 0 alone writes. ``replace`` overrides trainer-state
-    entries (the pre-step snapshot of an interrupted step)."""
-    rt = current()
-    model_state, state = checkpoint_state(rt, model, optimizer, scheduler, algorithm, collective=collective)
-    path = None
-    if rt.is_main and state is not None:
-        state.update(replace or {})
-        path = save_checkpoint(run_dir, step, model, tokenizer, state, cfg.keep_checkpoints, model_state=model_state)
-    if collective:
-        rt.barrier()  # nobody reads the run directory before the checkpoint is complete
-    return path or run_dir / f"checkpoint-{step}"
-
-
 def train(model: torch.nn.Module, algorithm: Algorithm, optimizer: torch.optim.Optimizer,
           cfg: LoopConfig, run_dir: Path, *, tokenizer=None, logger: MetricsLogger | None = None,
-          resume: bool = False, state_bytes_fn=None,
+          resume: bool | Path = False, state_bytes_fn=None,
           evaluators: list[Callable[[torch.nn.Module], dict]] | None = None) -> TrainResult:
     """Run ``cfg.steps`` optimizer steps of ``algorithm`` on ``model``.
 
-    ``resume`` continues from the newest checkpoint in ``run_dir`` exactly where it stopped.
+    ``resume`` continues exactly where the run stopped: True from the newest intact checkpoint in
+    ``run_dir`` (a corrupted newer one is reported and skipped, or stops the run when
+    ``cfg.checkpoint_fallback`` is false), a path from that (verified) checkpoint.
     ``state_bytes_fn(optimizer)`` reports optimizer-state bytes for the metrics.
     ``evaluators`` are extra ``model -> metrics`` callbacks run with the algorithm's evaluation
     (e.g. the lab's gold reward and KL), logged under ``eval/``.
+    SIGINT and SIGTERM save the last completed step and raise :class:`TrainingInterrupted`.
     """
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    main = current().is_main  # under torchrun, rank 0 alone holds the run directory and writes to it
+    with locked(run_dir) if main else contextlib.nullcontext(), GUARD:
+        own_logger = logger is None
+        logger = logger or (MetricsLogger(run_dir, resume=bool(resume)) if main else NullLogger())
+        try:
+            return _train(model, algorithm, optimizer, cfg, run_dir, tokenizer, logger, resume, state_bytes_fn,
+                          evaluators)
+        finally:
+            if own_logger:
+                logger.close()
+
+
+def _train(model, algorithm, optimizer, cfg, run_dir, tokenizer, logger, resume, state_bytes_fn,
+           evaluators) -> TrainResult:
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
     scheduler = build_scheduler(optimizer, schedule=cfg.lr_schedule, total_steps=cfg.steps,
                                 warmup_steps=cfg.warmup_steps, min_ratio=cfg.min_lr_ratio)
-    start = 0
-    if resume:
-        ckpt = latest_checkpoint(run_dir)
-        if ckpt is None:
-            raise TrainingError(f"--resume: no complete checkpoint in {run_dir}")
-        start = _resume(ckpt, model, optimizer, scheduler, algorithm)
-    rt = current()
-    own_logger = logger is None
-    logger = logger or (MetricsLogger(run_dir, resume=resume) if rt.is_main else NullLogger())
+    run = RunState(run_dir, cfg, model, tokenizer, optimizer, scheduler, algorithm, logger)
+    start = run.start(resume)
+    if run.loop.get("stopped") or (start >= cfg.steps and not run.loop.get("eval_pending")):
+        warnings.warn(f"{run_dir}: the run is complete at step {start}; nothing to do (raise train.steps to train "
+                      "on)", stacklevel=3)
+        return TrainResult(start, run.final, {}, last_eval(getattr(logger, "path", "")), 0.0)
     params = [p for p in model.parameters() if p.requires_grad]
-    progress = _progress(cfg, start) if rt.is_main else None
-    last, eval_metrics, final = {}, {}, None
+    progress = _progress(cfg, start) if current().is_main else None
+    last, eval_metrics = {}, {}
     t_start = time.perf_counter()
     step = start
-    before: dict = {}
+    # An optimizer update, and the bookkeeping up to its metrics record, is never cut by a signal.
+    hold = optimizer.register_step_pre_hook(lambda *_: GUARD.hold())
+    evaluate = lambda at: _evaluate(model, algorithm, logger, at, evaluators,  # noqa: E731
+                                    logged=lambda: run.snapshot(at, eval_pending=False))
     try:
-        if cfg.eval_on_start and start == 0:
-            rng = rng_state()  # evaluation may sample: the run must not depend on whether it looked first
-            _evaluate(model, algorithm, logger, 0, evaluators)
-            set_rng_state(rng)
+        eval_metrics = _before_first_step(run, cfg, start, evaluate)
         model.train()
         for step in range(start + 1, cfg.steps + 1):
-            # Snapshot of what a checkpoint of the previous step holds, for Ctrl-C mid-step.
-            before = {"algorithm": algorithm.state_dict(), "rng": rng_state()}
+            run.snapshot(step - 1, eval_pending=False)
             try:
                 last = _one_step(model, algorithm, optimizer, scheduler, params, cfg, step)
             except StopTraining as stop:  # the algorithm has nothing left to learn: finish cleanly
@@ -126,39 +118,52 @@ def train(model: torch.nn.Module, algorithm: Algorithm, optimizer: torch.optim.O
                 logger.log({"step": step - 1, "stopped_early": str(stop)})
                 warnings.warn(f"training stopped before step {step}: {stop}", stacklevel=2)
                 step -= 1
+                eval_metrics = evaluate(step)
+                run.save(step, stopped=True)
                 break
             if state_bytes_fn is not None:
                 last["memory/optimizer_state_bytes"] = float(state_bytes_fn(optimizer))
             logger.log(last)
+            due_eval = step == cfg.steps or _due(cfg.eval_every, step)
+            run.snapshot(step, eval_pending=due_eval)
+            GUARD.release()  # a signal held since the update is raised here, with the step complete
             if progress is not None:
                 progress.update(1)
                 progress.set_postfix(loss=f"{last['loss']:.4f}", refresh=False)
-            if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
-                eval_metrics = _evaluate(model, algorithm, logger, step, evaluators)
-            if cfg.save_every and step % cfg.save_every == 0 and step < cfg.steps:
-                _save(run_dir, step, model, tokenizer, optimizer, scheduler, algorithm, cfg)
-        eval_metrics = _evaluate(model, algorithm, logger, step, evaluators)
-        if step > start or latest_checkpoint(run_dir) is None:
-            final = _save(run_dir, step, model, tokenizer, optimizer, scheduler, algorithm, cfg)
-        else:
-            final = latest_checkpoint(run_dir)
-    except KeyboardInterrupt:
-        # Save the last completed step so `--resume` continues from there (other ranks may be gone:
-        # rank 0 saves what it holds, which is complete for single-process and DDP runs).
-        done, replace = step, {}
-        if last.get("step") != step:  # interrupted inside step: roll the data position back
-            done, replace = step - 1, before
-            optimizer.zero_grad(set_to_none=True)
-        if done > start:
-            _save(run_dir, done, model, tokenizer, optimizer, scheduler, algorithm, cfg, collective=False,
-                  replace=replace)
-        raise
+            if due_eval:
+                eval_metrics = evaluate(step)
+            if step == cfg.steps or _due(cfg.save_every, step):
+                run.save(step)
+    except KeyboardInterrupt as exc:
+        GUARD.hold()  # a second Ctrl-C must not cut this save short
+        try:
+            saved = run.save_on_interrupt()
+        finally:
+            GUARD.discard()
+        raise TrainingInterrupted(getattr(exc, "signum", signal.SIGINT), saved, run_dir) from None
     finally:
+        hold.remove()
         if progress is not None:
             progress.close()
-        if own_logger:
-            logger.close()
-    return TrainResult(step, final, last, eval_metrics, time.perf_counter() - t_start)
+    return TrainResult(step, run.final, last, eval_metrics, time.perf_counter() - t_start)
+
+
+def _before_first_step(run: RunState, cfg: LoopConfig, start: int, evaluate) -> dict:
+    if run.loop.get("eval_pending"):  # a signal came during this step's evaluation: do it now
+        run.snapshot(start, eval_pending=True)
+        metrics = evaluate(start)
+        if start == cfg.steps or _due(cfg.save_every, start):
+            run.save(start)
+        return metrics
+    if cfg.eval_on_start and start == 0:
+        rng = rng_state()  # evaluation may sample: the run must not depend on whether it looked first
+        evaluate(0)
+        set_rng_state(rng)
+    return {}
+
+
+def _due(every: int, step: int) -> bool:
+    return every > 0 and step % every == 0
 
 
 def _progress(cfg: LoopConfig, start: int):
@@ -237,12 +242,15 @@ def _accumulate(model, plan, units: dict[str, float], create_graph: bool, step: 
     return sums, metrics, tokens
 
 
-def _evaluate(model, algorithm: Algorithm, logger: MetricsLogger, step: int, evaluators) -> dict:
+def _evaluate(model, algorithm: Algorithm, logger: MetricsLogger, step: int, evaluators, logged=None) -> dict:
     with gathered(model, current()):  # every rank evaluates the same held-out data; rank 0 logs
         metrics = algorithm.evaluate(model)
         for evaluator in evaluators or []:
             metrics.update(evaluator(model))
-    if metrics:
-        logger.log({"step": step, **{f"eval/{k}": v for k, v in metrics.items()}})
+    with GUARD.critical():  # the record and the state that follows it go together
+        if metrics:
+            logger.log({"step": step, **{f"eval/{k}": v for k, v in metrics.items()}})
+        if logged is not None:
+            logged()
     model.train()
     return metrics

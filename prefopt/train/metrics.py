@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import resource
 from pathlib import Path
 
@@ -51,6 +52,24 @@ class MetricsLogger:
         if self._wandb is not None:
             self._wandb.log({k: v for k, v in clean.items() if k != "step"}, step=step)
 
+    def tell(self) -> int:
+        """Bytes of ``metrics.jsonl`` written so far (checkpoints record it to cut the file back on resume)."""
+        self._fh.flush()
+        return self.path.stat().st_size
+
+    def cut_back(self, nbytes: int | None, step: int) -> int:
+        """Drop what was logged after a checkpoint: keep the first ``nbytes`` (the size when the
+        checkpoint was written) or, without it, the records up to ``step``. Returns records dropped."""
+        self._fh.flush()
+        text = self.path.read_bytes()
+        if nbytes is not None and nbytes <= len(text):
+            kept = text[:nbytes]
+            os.truncate(self.path, nbytes)
+        else:
+            kept = b"".join(line for line in text.splitlines(keepends=True) if _step_of(line) <= step)
+            self.path.write_bytes(kept)
+        return text.count(b"\n") - kept.count(b"\n")
+
     def close(self) -> None:
         self._fh.close()
         if self._tb is not None:
@@ -59,6 +78,24 @@ class MetricsLogger:
             self._wandb.finish()
 
 
+def _step_of(line: bytes) -> float:
+    try:
+        return float(json.loads(line).get("step", 0))
+    except (ValueError, AttributeError):
+        return float("inf")  # a torn last line: drop it
+
+
 def read_metrics(path: Path) -> list[dict]:
     with Path(path).open(encoding="utf-8") as fh:
         return [json.loads(line) for line in fh if line.strip()]
+
+
+def last_eval(path: Path) -> dict:
+    """The newest evaluation record of a ``metrics.jsonl`` (``eval/`` prefix removed), or {}."""
+    if not Path(path).exists():
+        return {}
+    for record in reversed(read_metrics(path)):
+        found = {k[len("eval/"):]: v for k, v in record.items() if k.startswith("eval/")}
+        if found:
+            return found
+    return {}

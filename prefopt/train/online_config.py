@@ -8,8 +8,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from prefopt.errors import ConfigError
-
 
 @dataclass
 class RewardSpec:
@@ -34,15 +32,15 @@ class OnlineConfig:
 
     # experience
     prompts_per_step: int = field(default=16, metadata={"help": (
-        "Prompts sampled per rollout batch (each gets num_generations responses).")})
+        "Prompts sampled per rollout batch (each gets num_generations responses)."), "min": 1})
     num_generations: int | None = field(default=None, metadata={"help": (
-        "Responses sampled per prompt (k). Default: 4; remax and ppo 1; online_dpo 2 (fixed).")})
+        "Responses sampled per prompt (k). Default: 4; remax and ppo 1; online_dpo 2 (fixed)."), "min": 1})
     num_prompts: int = field(default=4096, metadata={"help": (
-        "Size of the training prompt pool drawn from the lab task (data.task); a data.path JSONL gives its own.")})
+        "Size of the training prompt pool drawn from the lab task (data.task); a data.path JSONL gives its own."), "min": 1})
     epochs: int = field(default=1, metadata={"help": (
-        "Optimization passes over each rollout batch (PPO epochs); each pass is `minibatches` optimizer steps.")})
+        "Optimization passes over each rollout batch (PPO epochs); each pass is `minibatches` optimizer steps."), "min": 1})
     minibatches: int = field(default=1, metadata={"help": (
-        "Optimizer steps per pass over a rollout batch (the batch is split into this many mini-batches).")})
+        "Optimizer steps per pass over a rollout batch (the batch is split into this many mini-batches)."), "min": 1})
     recompute_logprobs: bool | None = field(default=None, metadata={"help": (
         "Recompute the behaviour log-probs with a teacher-forced pass instead of using the sampler's "
         "(default: only for ppo, whose value pass gives them for free).")})
@@ -54,7 +52,7 @@ class OnlineConfig:
     reward_combine: Literal["sum", "mean", "min", "uwo"] = field(default="sum", metadata={"help": (
         "How weighted components are combined: sum, mean (weighted mean), min (worst case, WCO ensembles), "
         "uwo (mean - uwo_lambda * variance across components, uncertainty-weighted ensembles).")})
-    uwo_lambda: float = field(default=1.0, metadata={"help": "Variance penalty of reward_combine: uwo."})
+    uwo_lambda: float = field(default=1.0, metadata={"help": "Variance penalty of reward_combine: uwo.", "min": 0})
     on_reward_error: Literal["error", "penalty"] = field(default="error", metadata={"help": (
         "A reward function that raises, returns the wrong length or a non-finite value: 'error' stops naming "
         "the function and the sample; 'penalty' gives the sample `reward_penalty` and counts it (reward/errors).")})
@@ -65,19 +63,19 @@ class OnlineConfig:
     judge_options: dict = field(default_factory=dict, metadata={"help": "Keyword arguments making the judge (factory call)."})
     # KL to the reference (the initial policy)
     kl_coef: float | None = field(default=None, metadata={"help": (
-        "KL strength β to the reference policy (0 = no reference model). Default: grpo 0.04, dapo/dr_grpo 0, others 0.05.")})
+        "KL strength β to the reference policy (0 = no reference model). Default: grpo 0.04, dapo/dr_grpo 0, others 0.05."), "min": 0})
     kl_estimator: Literal["k1", "k2", "k3"] | None = field(default=None, metadata={"help": (
         "KL estimator (Schulman): k1, k2 or k3. Default: k1 in the reward, k3 as a loss term.")})
     kl_in_reward: bool | None = field(default=None, metadata={"help": (
         "Put -β·KL per token into the reward (true) or add β·KL as a loss term (false). "
         "Default: false for grpo family, true otherwise.")})
     kl_target: float | None = field(default=None, metadata={"help": (
-        "Adaptive KL controller target (nats per sequence); null keeps kl_coef fixed.")})
-    kl_horizon: float = field(default=10000.0, metadata={"help": "Adaptive KL controller horizon (samples)."})
+        "Adaptive KL controller target (nats per sequence); null keeps kl_coef fixed."), "gt": 0})
+    kl_horizon: float = field(default=10000.0, metadata={"help": "Adaptive KL controller horizon (samples).", "gt": 0})
     # policy loss
-    clip_low: float = field(default=0.2, metadata={"help": "PPO ratio clip below: 1 - clip_low."})
+    clip_low: float = field(default=0.2, metadata={"help": "PPO ratio clip below: 1 - clip_low.", "gt": 0, "lt": 1})
     clip_high: float | None = field(default=None, metadata={"help": (
-        "PPO ratio clip above: 1 + clip_high (DAPO's clip-higher). Default: clip_low; dapo 0.28.")})
+        "PPO ratio clip above: 1 + clip_high (DAPO's clip-higher). Default: clip_low; dapo 0.28."), "gt": 0})
     loss_aggregation: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum"] | None = field(
         default=None, metadata={"help": (
             "How per-token losses are averaged over the step. Default: grpo seq_mean_token_mean, "
@@ -88,46 +86,24 @@ class OnlineConfig:
         "Drop groups whose samples all got the same reward and sample more prompts to refill (default: dapo only).")})
     max_resample: int = field(default=4, metadata={"help": (
         "Extra rollout batches tried when a batch has only zero advantages (or, with dynamic sampling, "
-        "too few informative groups) before giving up.")})
+        "too few informative groups) before giving up."), "min": 0})
     whiten_advantages: bool | None = field(default=None, metadata={"help": (
         "Whiten token advantages over the batch (default: ppo and reinforce_pp).")})
     # PPO
-    gamma: float = field(default=1.0, metadata={"help": "Discount γ (ppo, reinforce_pp)."})
-    lam: float = field(default=0.95, metadata={"help": "GAE λ (ppo)."})
-    vf_coef: float = field(default=0.1, metadata={"help": "Value-loss weight (ppo)."})
-    vf_clip: float | None = field(default=0.2, metadata={"help": "Value clipping range around the old values (ppo); null = off."})
+    gamma: float = field(default=1.0, metadata={"help": "Discount γ (ppo, reinforce_pp).", "min": 0, "max": 1})
+    lam: float = field(default=0.95, metadata={"help": "GAE λ (ppo).", "min": 0, "max": 1})
+    vf_coef: float = field(default=0.1, metadata={"help": "Value-loss weight (ppo).", "min": 0})
+    vf_clip: float | None = field(default=0.2, metadata={"help": "Value clipping range around the old values (ppo); null = off.", "gt": 0})
     critic: Literal["shared", "separate"] = field(default="shared", metadata={"help": (
         "PPO critic: 'shared' = a linear value head on the policy's last hidden state; 'separate' = its own "
         "trunk, a copy of the initial policy (a full critic model: more memory, decoupled from the policy).")})
     # iterative_dpo / raft
-    round_prompts: int = field(default=128, metadata={"help": "Prompts sampled at the start of each round (iterative_dpo, raft)."})
+    round_prompts: int = field(default=128, metadata={"help": "Prompts sampled at the start of each round (iterative_dpo, raft).", "min": 1})
     steps_per_round: int = field(default=20, metadata={"help": (
         "Optimizer steps per round (iterative_dpo, raft); then the next round samples again and, for "
-        "iterative_dpo, the reference becomes the current policy.")})
+        "iterative_dpo, the reference becomes the current policy."), "min": 1})
     # evaluation
-    eval_num_samples: int = field(default=2, metadata={"help": "Samples per held-out prompt in evaluation."})
+    eval_num_samples: int = field(default=2, metadata={"help": "Samples per held-out prompt in evaluation.", "min": 1})
     eval_greedy: bool = field(default=False, metadata={"help": "Also evaluate greedy responses (eval/greedy/*), e.g. accuracy."})
     eval_kl: bool = field(default=True, metadata={"help": (
         "Report KL(policy || initial policy) in evaluation (keeps a reference copy even when kl_coef is 0).")})
-
-    def validate(self) -> None:
-        positive = {"prompts_per_step": self.prompts_per_step, "num_prompts": self.num_prompts, "epochs": self.epochs,
-                    "minibatches": self.minibatches, "round_prompts": self.round_prompts,
-                    "steps_per_round": self.steps_per_round, "eval_num_samples": self.eval_num_samples}
-        for name, value in positive.items():
-            if value < 1:
-                raise ConfigError(f"online.{name} must be >= 1, got {value}")
-        if self.num_generations is not None and self.num_generations < 1:
-            raise ConfigError(f"online.num_generations must be >= 1, got {self.num_generations}")
-        if self.kl_coef is not None and self.kl_coef < 0:
-            raise ConfigError(f"online.kl_coef must be >= 0, got {self.kl_coef}")
-        if self.kl_target is not None and self.kl_target <= 0:
-            raise ConfigError(f"online.kl_target must be > 0 (or null), got {self.kl_target}")
-        if not 0 < self.clip_low < 1:
-            raise ConfigError(f"online.clip_low must be in (0, 1), got {self.clip_low}")
-        if self.clip_high is not None and self.clip_high <= 0:
-            raise ConfigError(f"online.clip_high must be > 0, got {self.clip_high}")
-        if not 0 <= self.gamma <= 1 or not 0 <= self.lam <= 1:
-            raise ConfigError(f"online.gamma and online.lam must be in [0, 1], got {self.gamma}, {self.lam}")
-        if self.max_resample < 0:
-            raise ConfigError(f"online.max_resample must be >= 0, got {self.max_resample}")

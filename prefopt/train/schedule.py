@@ -47,3 +47,18 @@ def ratio_at(step: int, *, schedule: str, start: float, end: float, horizon: int
     if schedule == "cosine":
         return end + (start - end) * 0.5 * (1.0 + math.cos(math.pi * progress))
     raise ValueError(f"unknown ratio schedule '{schedule}' (known: {', '.join(RATIO_SCHEDULES)})")
+
+
+def apply_current_lr(scheduler) -> None:
+    """Set each parameter group's LR to the schedule's value at the scheduler's current step.
+
+    After a resume the optimizer's groups hold the LR saved with the checkpoint, i.e. the *old*
+    schedule's; when ``train.steps`` changed, the schedule is re-planned for the new total (the
+    steps already done keep the LRs they had; every later step gets the LR a run planned for the
+    new total from the start would use), and it must apply from the very next step, not one step
+    late. With an unchanged schedule this rewrites the same values."""
+    step = scheduler.last_epoch
+    lrs = [base * fn(step) for base, fn in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
+    for group, lr in zip(scheduler.optimizer.param_groups, lrs):
+        group["lr"] = lr
+    scheduler._last_lr = lrs
