@@ -277,8 +277,8 @@ def test_round_rows_resume_exactly_from_the_plain_format(algo, tmp_path):
     over = dict(online__steps_per_round=2, online__round_prompts=4, train__save_every=1)
     straight = run_train(_cfg(tmp_path / "a", algo, train__steps=3, **over))
     run_train(_cfg(tmp_path / "b", algo, train__steps=1, **over))
-    rows = ck.load_trainer_state(tmp_path / "b" / algo / "checkpoint-1")["algorithm"]["rows"]
-    assert rows and isinstance(rows[0], tuple)
+    rows = ck.load_trainer_state(tmp_path / "b" / algo / "checkpoint-1")["algorithm"]["sources"][0]["rows"]
+    assert rows and isinstance(rows[0], (list, tuple))
     resumed = run_train(_cfg(tmp_path / "b", algo, train__steps=3, **over), resume=True)
     a = load_file(straight.result.final_checkpoint / "model" / "model.safetensors")
     b = load_file(resumed.result.final_checkpoint / "model" / "model.safetensors")
