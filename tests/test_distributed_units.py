@@ -11,7 +11,7 @@ from prefopt.errors import ConfigError, StopTraining, TrainingError
 from prefopt.losses.rl import whiten
 from prefopt.models.reference import sharded_compute
 from prefopt.train.config import TrainConfig
-from prefopt.train.distributed import reduce_step
+from prefopt.train.distributed import per_rank_counts_for, reduce_step
 from prefopt.train.sampler import EpochSampler
 
 
@@ -155,3 +155,14 @@ def test_dist_config_errors(monkeypatch):
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="nccl needs CUDA"):
             init_runtime(DistConfig(backend="nccl"))
+
+
+def test_resume_under_another_world_size_restates_per_rank_counts():
+    saved = {"train": {"batch_size": 4, "steps": 10}, "online": {"prompts_per_step": 2}}
+    same_global = per_rank_counts_for(saved, {"train": {"batch_size": 8}, "online": {"prompts_per_step": 4}}, 2, 1)
+    assert same_global["train"] == {"batch_size": 8, "steps": 10} and same_global["online"]["prompts_per_step"] == 4
+    assert saved["train"]["batch_size"] == 4  # the saved config is not modified
+    other = per_rank_counts_for(saved, {"train": {"batch_size": 6}, "online": {"prompts_per_step": 2}}, 2, 2)
+    assert other is saved  # same world size: the usual resume checks apply unchanged
+    with pytest.warns(UserWarning, match="train.batch_size=4 per rank makes the global count 4 \\(was 8\\)"):
+        per_rank_counts_for(saved, {"train": {"batch_size": 4}, "online": {"prompts_per_step": 4}}, 2, 1)

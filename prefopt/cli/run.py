@@ -25,7 +25,7 @@ from prefopt.tasks import get_task
 from prefopt.tasks.tokenizer import train_tokenizer
 from prefopt.train.checkpoint import checkpoint_step, select_resume_checkpoint
 from prefopt.train.config import TrainConfig
-from prefopt.train.distributed import NullLogger
+from prefopt.train.distributed import NullLogger, checkpoint_world_size, per_rank_counts_for
 from prefopt.train.interrupt import GUARD
 from prefopt.train.loop import TrainResult, train
 from prefopt.train.metrics import MetricsLogger
@@ -116,7 +116,11 @@ def _open_run(cfg: TrainConfig, run_dir: Path, resume: bool, overwrite: bool) ->
         return None, {}
     ckpt = select_resume_checkpoint(run_dir, fallback=cfg.train.checkpoint_fallback)
     saved = saved_config(ckpt, run_dir)
-    return ckpt, (resume_changes(saved, to_dict(cfg), checkpoint_step(ckpt)) if saved is not None else {})
+    if saved is None:
+        return ckpt, {}
+    requested = to_dict(cfg)
+    saved = per_rank_counts_for(saved, requested, checkpoint_world_size(ckpt), current().world_size)
+    return ckpt, resume_changes(saved, requested, checkpoint_step(ckpt))
 
 
 def _build_and_train(cfg: TrainConfig, run_dir: Path, ckpt: Path | None, changes: dict, evaluators) -> RunOutput:

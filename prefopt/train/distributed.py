@@ -14,7 +14,11 @@ import warnings
 from prefopt.dist import Runtime
 from prefopt.dist.parallel import (full_model_state, full_optimizer_state, load_full_model_state,
                                    load_full_optimizer_state)
-from prefopt.train.checkpoint import read_model_state, rng_state
+from prefopt.train.checkpoint import STATE_NAME, read_model_state, rng_state
+
+# Config keys counted per rank: on a resume under another world size they may change so that
+# value × world size (the global count) stays the same.
+PER_RANK_KEYS = ("train.batch_size", "online.prompts_per_step", "online.round_prompts", "hypo.prompts_per_step")
 
 
 class NullLogger:
@@ -75,3 +79,32 @@ def restore_state(rt: Runtime, ckpt, state: dict, model, optimizer, load_weights
                       "from rank 0's data position (exact for dataset and prompt streams; a partly used rollout "
                       "buffer is rank 0's)", stacklevel=2)
     return state["algorithm"], state["rng"]
+
+
+def checkpoint_world_size(ckpt) -> int:
+    """The world size a checkpoint was saved under (1 for single-process checkpoints)."""
+    import json
+    from pathlib import Path
+
+    path = Path(ckpt) / f"{STATE_NAME}.json"
+    return int(json.loads(path.read_text(encoding="utf-8")).get("world_size", 1)) if path.is_file() else 1
+
+
+def per_rank_counts_for(saved: dict, requested: dict, saved_world: int, world: int) -> dict:
+    """``saved`` (a config dict) with each per-rank count restated for ``world`` ranks where the
+    requested value keeps the global count: 2 ranks × 4 resumed on 1 rank as 1 × 8 is no change."""
+    if saved_world == world:
+        return saved
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in saved.items()}
+    for key in PER_RANK_KEYS:
+        section, name = key.split(".")
+        old, new = saved.get(section, {}).get(name), requested.get(section, {}).get(name)
+        if not (isinstance(old, int) and isinstance(new, int)):
+            continue
+        if old * saved_world == new * world:
+            out[section][name] = new
+        elif old == new:  # accepted, but the global count changes (the key may be one this recipe ignores)
+            warnings.warn(f"--resume on {world} rank(s) of a {saved_world}-rank run: {key}={new} per rank makes the "
+                          f"global count {new * world} (was {old * saved_world}); set {key}="
+                          f"{old * saved_world // world} to keep it", stacklevel=2)
+    return out
