@@ -166,3 +166,13 @@ def test_resume_under_another_world_size_restates_per_rank_counts():
     assert other is saved  # same world size: the usual resume checks apply unchanged
     with pytest.warns(UserWarning, match="train.batch_size=4 per rank makes the global count 4 \\(was 8\\)"):
         per_rank_counts_for(saved, {"train": {"batch_size": 4}, "online": {"prompts_per_step": 4}}, 2, 1)
+
+
+def test_rollout_workers_without_ray_name_the_extra(monkeypatch):
+    import sys
+
+    from prefopt.dist.rollout_workers import import_ray
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if not installed
+    with pytest.raises(ConfigError, match=r"Ray is not installed; pip install 'prefopt\[ray\]'"):
+        import_ray()

@@ -109,6 +109,18 @@ def run_train(cfg: TrainConfig, *, resume: bool = False, run_dir: Path | None = 
         return _build_and_train(cfg, run_dir, ckpt, changes, evaluators)
 
 
+def rollout_workers(cfg: TrainConfig, model, tokenizer, rt):
+    """Ray rollout workers per ``dist.rollout_workers`` (None: generate in this process)."""
+    if cfg.dist.rollout_workers == 0:
+        return None
+    if rt.sharded:
+        raise ConfigError("dist.rollout_workers: not supported with dist.strategy=fsdp2 (the workers need the full "
+                          "weights every update); use ddp")
+    from prefopt.dist.rollout_workers import RayRolloutWorkers
+    return RayRolloutWorkers(model, tokenizer, cfg.dist.rollout_workers, max_staleness=cfg.dist.max_staleness,
+                             threads=max(1, cfg.train.threads))
+
+
 def _open_run(cfg: TrainConfig, run_dir: Path, resume: bool, overwrite: bool) -> tuple[Path | None, dict]:
     """(checkpoint to resume or None, setting changes on resume); a new run's directory made ready."""
     if not resume:
@@ -131,6 +143,7 @@ def _build_and_train(cfg: TrainConfig, run_dir: Path, ckpt: Path | None, changes
     rt = current()
     model = prepare_model(model, rt)
     optimizer = build_optimizer(model, cfg.optim)
+    rt.generator = rollout_workers(cfg, model, tokenizer, rt)
     resume = ckpt is not None
     if rt.is_main:
         (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
@@ -146,6 +159,9 @@ def _build_and_train(cfg: TrainConfig, run_dir: Path, ckpt: Path | None, changes
                        evaluators=evaluators)
     finally:
         logger.close()
+        if rt.generator is not None:
+            rt.generator.close()
+            rt.generator = None
     if rt.is_main:
         finish_run(cfg, model, tokenizer, run_dir, result)  # e.g. a merged LoRA model
     rt.barrier()

@@ -23,6 +23,13 @@ class DistConfig:
         "Seconds a collective may wait for the other ranks before the run fails (a rank that died or hangs)."),
         "gt": 0})
 
+    rollout_workers: int = field(default=0, metadata={"help": (
+        "Ray actors that generate the online samples with the policy's current weights (0 = generate in the "
+        "learner process); needs the 'ray' extra."), "min": 0})
+    max_staleness: int = field(default=0, metadata={"help": (
+        "Learner updates the rollout workers' weights may lag behind (0 = always sample with the newest)."),
+        "min": 0})
+
     def validate(self, prefix: str = "dist.") -> None:
         """The choices (the YAML loader checks them too; this covers configs built in code)."""
         if self.strategy not in STRATEGIES:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime
 import os
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -30,6 +30,8 @@ class Runtime:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     backend: str | None = None
     strategy: str = "none"
+    # Stands in for prefopt.rollout.engine.generate when set (e.g. Ray rollout workers).
+    generator: Callable | None = None
 
     @property
     def is_main(self) -> bool:

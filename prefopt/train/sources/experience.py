@@ -11,6 +11,7 @@ import dataclasses
 import time
 from typing import Any
 
+from prefopt.dist import current
 from prefopt.errors import ConfigError
 from prefopt.rollout.engine import SamplingConfig, generate
 from prefopt.rollout.scorers import RewardOutput, WeightedReward
@@ -97,7 +98,8 @@ class Experience:
         cfg = dataclasses.replace(self.sampling, num_samples=k, **({"temperature": 0.0} if greedy else {}))
         seeds = self._seeds(indices, eval_split)
         t0 = time.perf_counter()
-        rollout = generate(model, prompt_ids if prompt_ids is not None else [ids[i] for i in indices], cfg,
+        engine = current().generator or generate  # e.g. Ray rollout workers
+        rollout = engine(model, prompt_ids if prompt_ids is not None else [ids[i] for i in indices], cfg,
                            pad_token_id=self.pad_id, eos_token_id=self.eos_id, tokenizer=self.tokenizer, seeds=seeds)
         seconds = time.perf_counter() - t0
         prompts, raws = [texts[i] for i in indices], [raw[i] for i in indices]
