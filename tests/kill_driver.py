@@ -45,15 +45,15 @@ def _half_line(logger, record):
 
 
 def arm(point: str, n: int, sig: str) -> None:
-    import prefopt.train.algorithms.online as online
     import prefopt.train.checkpoint as checkpoint
     import prefopt.train.loop as loop
+    import prefopt.train.sources.experience as experience
     from prefopt.train.metrics import MetricsLogger
 
     if point == "backward":
         _on_nth(torch.autograd, "backward", n, sig)
     elif point == "generate":
-        _on_nth(online, "generate", n, sig)
+        _on_nth(experience, "generate", n, sig)
     elif point == "save":
         _on_nth(checkpoint, "_write_manifest", n, sig)
     elif point == "eval":

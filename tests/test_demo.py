@@ -1,5 +1,6 @@
 """The demo pipeline end to end at reduced size, and the CLI's one-line errors."""
 import json
+import re
 
 import pytest
 
@@ -20,7 +21,12 @@ def test_demo_pipeline_reduced(tmp_path):
     assert isinstance(summary["sft"]["gold_reward"], float) and summary["seconds"] > 0
     assert 0.0 <= summary["dpo"]["win_rate_vs_sft"] <= 1.0
     html = (tmp_path / "demo" / "report.html").read_text()
-    assert html.count("data:image/png;base64") == 3
+    for section in ("training-curves", "evaluation", "reward-vs-kl", "front", "samples", "config", "environment"):
+        assert f"<section id='{section}'>" in html
+    images = re.findall(r"<img src='([^']+)'", html)
+    assert len(images) >= 6 and all((tmp_path / "demo" / src).is_file() for src in images)
+    samples = (tmp_path / "demo" / "samples.jsonl").read_text().splitlines()
+    assert len(samples) == 2 * cfg.eval_prompts * cfg.eval_samples  # every held-out sample of SFT and DPO
     for stage in ("sft", "dpo"):
         assert (tmp_path / "demo" / stage / "metrics.jsonl").exists()
         assert list((tmp_path / "demo" / stage).glob("checkpoint-*/model/model.safetensors"))

@@ -1,6 +1,6 @@
 """Crash-proof resume: a real SIGKILL (or SIGTERM) of a `prefopt train` subprocess at several points,
 then `--resume`, gives final weights bit-identical to an uninterrupted run and a metrics.jsonl with
-every step exactly once, for an offline (SFT) and an online (RLOO) recipe."""
+every step exactly once, for an offline (SFT), an online (RLOO) and a hybrid (HyPO) recipe."""
 from __future__ import annotations
 
 import json
@@ -28,6 +28,11 @@ RLOO = ["configs/online/rloo_reviews.yaml", "model.name_or_path=tiny:llama-1m", 
         "train.eval_every=2", "train.warmup_steps=1", "train.batch_size=4", "train.progress=false", "train.threads=1",
         "data.eval_examples=3", "rollout.max_new_tokens=8", "online.prompts_per_step=3", "online.num_prompts=32",
         "online.eval_num_samples=1", "online.reward=[{name: 'online_reward_fns:length'}]"]
+
+HYPO = ["model.name_or_path=tiny:llama-1m", "data.task=reviews", "algo.name=hypo", "algo.reference=copy",
+        "hypo.num_samples=2", "hypo.prompts_per_step=2", "train.steps=4", "train.save_every=1", "train.eval_every=2",
+        "train.warmup_steps=1", "train.batch_size=4", "train.progress=false", "train.threads=1",
+        "data.eval_examples=2", "data.max_length=64", "data.max_prompt_length=24", "rollout.max_new_tokens=6"]
 
 
 def _driven(point: str, n: int, sig: str, args: list[str]) -> subprocess.CompletedProcess:
@@ -142,4 +147,22 @@ def test_rloo_survives_sigkill_inside_a_rollout_a_save_and_an_evaluation(tmp_pat
     _expect(_interrupted(run, "save", 1, "KILL"), "KILL")  # while checkpoint-2 is written
     assert [p.name for p in list_checkpoints(run)] == ["checkpoint-1"] and (run / ".tmp-checkpoint-2").exists()
     _expect(_interrupted(run, "eval", 1, "KILL"), "KILL")  # step 2's evaluation
+    _check(run, reference, [2, 4], 4)
+
+
+@pytest.mark.slow
+def test_hypo_survives_sigkill_inside_a_step_a_save_and_an_evaluation(tmp_path):
+    """The hybrid recipe: offline pairs (DPO) plus the online reverse-KL term on fresh samples."""
+    from offline_fixtures import lab_pairs, write_jsonl
+
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", lab_pairs(16))
+    recipe = [*HYPO, f"data.path={pairs}"]
+    reference = tmp_path / "ref" / "r"
+    assert main(["train", *recipe, f"output_dir={reference.parent}", "run_name=r"]) == 0
+    run = tmp_path / "runs" / "r"
+    _expect(_start(run, recipe, "generate", 2, "KILL"), "KILL")  # inside step 2's fresh samples
+    assert [p.name for p in list_checkpoints(run)] == ["checkpoint-1"]
+    _expect(_interrupted(run, "save", 1, "KILL"), "KILL")  # while checkpoint-2 is written
+    assert [p.name for p in list_checkpoints(run)] == ["checkpoint-1"]
+    _expect(_interrupted(run, "backward", 3, "KILL"), "KILL")  # inside a step after resuming
     _check(run, reference, [2, 4], 4)

@@ -22,8 +22,10 @@ from prefopt.rollout.engine import SamplingConfig
 from prefopt.seeding import EVAL_PROMPTS, EVAL_SAMPLING, SEED_MAX, derive_seed
 from prefopt.tasks import get_task
 from prefopt.tasks.prefdata import PrefDataConfig, make_preference_data
+from prefopt.report.build import ReportConfig, build_report
+from prefopt.report.data import SAMPLES_FILE
+from prefopt.report.environment import write_environment
 from prefopt.train.config import AlgoConfig, LoopConfig, TrainConfig
-from prefopt.train.metrics import read_metrics
 from prefopt.validation import check_config
 
 
@@ -62,10 +64,6 @@ def reviews_sft_config(model: str, *, seed: int, steps: int, lr: float, examples
         algo=AlgoConfig(name="sft"), output_dir=str(output_dir), run_name="sft")
 
 
-def _series(metrics: list[dict], key: str) -> list[tuple[float, float]]:
-    return [(m["step"], m[key]) for m in metrics if key in m and isinstance(m[key], (int, float))]
-
-
 def run_demo(cfg: DemoConfig, run_dir: Path | None = None, log=print) -> dict:
     check_config(cfg)
     t0 = time.perf_counter()
@@ -100,7 +98,7 @@ def run_demo(cfg: DemoConfig, run_dir: Path | None = None, log=print) -> dict:
 
     def lab_eval(model) -> dict:
         r = compare_policies(model, sft_model, tokenizer, task, curve_prompts, objective, curve_sampling, curve_ref)
-        return {"gold_reward": r["gold_reward"], "kl_to_sft": r["kl_to_ref"]}
+        return {"kl_to_sft": r["kl_to_ref"], **{f"gold/{k}": r[f"gold/{k}"] for k in task.objectives}}
 
     log(f"[3/4] {cfg.loss} on {pstats.pairs} pairs ({cfg.dpo_steps} steps, β={cfg.beta})")
     every = max(1, cfg.dpo_steps // cfg.curve_points) if cfg.curve_points else 0
@@ -108,7 +106,7 @@ def run_demo(cfg: DemoConfig, run_dir: Path | None = None, log=print) -> dict:
         model=ModelConfig(name_or_path=str(sft_path)),
         data=DataConfig(task="reviews", path=str(run_dir / "preferences.jsonl"), eval_examples=64),
         optim=OptimConfig(name="adamw", lr=cfg.dpo_lr),
-        train=LoopConfig(steps=cfg.dpo_steps, warmup_steps=10, eval_every=every, **loop),
+        train=LoopConfig(steps=cfg.dpo_steps, warmup_steps=10, eval_every=every, eval_on_start=bool(every), **loop),
         algo=AlgoConfig(name="dpo", loss=cfg.loss, beta=cfg.beta), output_dir=str(run_dir), run_name="dpo")
     dpo = run_train(dpo_cfg, evaluators=[lab_eval])
     dpo_model = load_model(ModelConfig(name_or_path=str(dpo.result.final_checkpoint / "model")))
@@ -131,36 +129,19 @@ def run_demo(cfg: DemoConfig, run_dir: Path | None = None, log=print) -> dict:
         "seconds": round(time.perf_counter() - t0, 1),
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    _write_report(run_dir, summary, sft_samples, dpo_samples, objective)
+    write_samples(run_dir / SAMPLES_FILE, {"SFT": sft_samples, cfg.loss.upper(): dpo_samples})
+    write_environment(run_dir)
+    build_report([run_dir], ReportConfig(title=f"prefopt demo: SFT → {cfg.loss.upper()} on reviews"))
     return summary
 
 
-def _write_report(run_dir: Path, summary: dict, sft_samples, dpo_samples, objective: str) -> None:
-    from prefopt.report.html import figure_png, img, table_html, write_report
-    from prefopt.report.plots import reward_histograms, reward_vs_kl, training_curves
-
-    sft_m = read_metrics(run_dir / "sft" / "metrics.jsonl")
-    dpo_m = read_metrics(run_dir / "dpo" / "metrics.jsonl")
-    curves = training_curves({"SFT loss": _series(sft_m, "loss"), "DPO loss": _series(dpo_m, "loss"),
-                              "DPO reward margin": _series(dpo_m, "rewards/margin"),
-                              "DPO reward accuracy": _series(dpo_m, "rewards/accuracy")})
-    hist = reward_histograms({"SFT": sft_samples.gold[objective], "DPO": dpo_samples.gold[objective]},
-                             f"gold {objective}")
-    kl_points = [(0.0, summary["sft"]["gold_reward"])] + [
-        (m["eval/kl_to_sft"], m["eval/gold_reward"]) for m in dpo_m if "eval/kl_to_sft" in m]
-    kl = reward_vs_kl({"DPO (during training, subset of eval prompts)": kl_points}, f"gold {objective}")
-    table = [{"policy": "SFT", "gold reward": summary["sft"]["gold_reward"], "win rate vs SFT": 0.5,
-              "KL to SFT": 0.0, **{f"gold {k}": v for k, v in summary["sft"]["gold"].items()}},
-             {"policy": "DPO", "gold reward": summary["dpo"]["gold_reward"],
-              "win rate vs SFT": summary["dpo"]["win_rate_vs_sft"], "KL to SFT": summary["dpo"]["kl_to_sft"],
-              **{f"gold {k}": v for k, v in summary["dpo"]["gold"].items()}}]
-    examples = [{"prompt": p, "SFT": s, "DPO": d} for p, s, d in
-                list(zip(sft_samples.prompts, sft_samples.texts, dpo_samples.texts))[:12:2]]
-    write_report(run_dir / "report.html", "prefopt demo: SFT → DPO on reviews", [
-        ("Summary", table_html(table) + f"<p>Wall time: {summary['seconds']} s. Preference data: "
-         f"{summary['preference_data']['pairs']} pairs, {summary['preference_data']['flipped']} labels flipped.</p>"),
-        ("Training curves", img(figure_png(curves))),
-        ("Gold reward before / after", img(figure_png(hist))),
-        ("Gold reward vs KL to SFT", img(figure_png(kl))),
-        ("Samples on held-out prompts", table_html(examples)),
-    ])
+def write_samples(path: Path, policies: dict) -> None:
+    """Every held-out sample of each policy with its gold scores (what the report shows as before/after)."""
+    rows = []
+    for policy, samples in policies.items():
+        seen: dict[str, int] = {}
+        for i, (prompt, text) in enumerate(zip(samples.prompts, samples.texts)):
+            seen[prompt] = seen.get(prompt, -1) + 1
+            rows.append({"policy": policy, "prompt": prompt, "index": seen[prompt], "response": text,
+                         "scores": {k: v[i] for k, v in samples.gold.items()}})
+    write_jsonl(path, rows)

@@ -92,7 +92,28 @@ def _parser() -> argparse.ArgumentParser:
     mk.add_argument("--model", required=True, help="model directory (or tiny:NAME for an untrained tiny model)")
     mk.add_argument("--out", required=True, help="output JSONL file")
     mk.add_argument("overrides", nargs="*", help="key=value overrides, e.g. flip_rate=0.2 num_prompts=256")
+    _add_report_parser(sub)
     return p
+
+
+def _add_report_parser(sub) -> None:
+    """``prefopt report``: its options are the fields of ReportConfig (help from the field docs)."""
+    import dataclasses
+
+    from prefopt.report.build import ReportConfig
+
+    r = sub.add_parser("report", help="HTML report (and PNGs) of one or more run directories, side by side",
+                       description=ReportConfig.__doc__)
+    r.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
+                   help="a run directory (with metrics.jsonl) or a folder of runs (e.g. a demo run)")
+    for f in dataclasses.fields(ReportConfig):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type in (bool, "bool"):
+            r.add_argument(flag, dest=f.name, action="store_true", help=f.metadata["help"])
+        else:
+            shown = "" if f.default is None else f" (default {f.default})"
+            r.add_argument(flag, dest=f.name, type=int if isinstance(f.default, int) else str,
+                           default=f.default, help=f.metadata["help"] + shown)
 
 
 def cmd_train(args) -> int:
@@ -218,7 +239,17 @@ def _interrupted_message(exc: KeyboardInterrupt) -> str:
     return "interrupted during start-up: nothing was saved"
 
 
-COMMANDS = {"train": cmd_train, "demo": cmd_demo, "tasks": cmd_tasks, "compare": cmd_compare}
+def cmd_report(args) -> int:
+    import dataclasses
+
+    from prefopt.report.build import ReportConfig, build_report
+
+    cfg = ReportConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ReportConfig)})
+    print(f"report: {build_report(args.run_dirs, cfg)}")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "demo": cmd_demo, "tasks": cmd_tasks, "compare": cmd_compare, "report": cmd_report}
 
 
 def main(argv: list[str] | None = None) -> int:

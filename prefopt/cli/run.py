@@ -21,6 +21,7 @@ from prefopt.errors import ConfigError
 from prefopt.models.loading import load_tokenizer
 from prefopt.models.tiny import is_tiny
 from prefopt.optim import build_optimizer, optimizer_state_bytes
+from prefopt.report.environment import write_environment
 from prefopt.tasks import get_task
 from prefopt.tasks.tokenizer import train_tokenizer
 from prefopt.train.checkpoint import checkpoint_step, select_resume_checkpoint
@@ -147,6 +148,7 @@ def _build_and_train(cfg: TrainConfig, run_dir: Path, ckpt: Path | None, changes
     resume = ckpt is not None
     if rt.is_main:
         (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        write_environment(run_dir)  # versions, CPU, threads: what `prefopt report` shows
         if resume:
             record_resume(run_dir, ckpt, checkpoint_step(ckpt), changes)
     logger = (MetricsLogger(run_dir, tensorboard=cfg.train.tensorboard, wandb_project=cfg.train.wandb_project,

@@ -251,11 +251,37 @@ def _select_rows(cache: Any, idx: torch.Tensor) -> Any:
     raise TypeError(f"don't know how to select batch rows of a cache of type {type(cache).__name__}")
 
 
-def _accepts(model, name: str) -> bool:
+def _forward_params(model) -> dict:
     try:
-        params = inspect.signature(model.forward).parameters
-    except (TypeError, ValueError):
-        return False
+        return dict(inspect.signature(model.forward).parameters)
+    except (TypeError, ValueError, AttributeError):
+        return {}
+
+
+def _cache_arg(model) -> str:
+    """The KV-cache keyword of ``model.forward``: ``cache`` (current transformers, where
+    ``past_key_values`` is deprecated and warns on every call) or ``past_key_values`` (older
+    transformers, custom models). A PEFT wrapper forwards ``**kwargs``: its base model decides."""
+    for _ in range(4):
+        params = _forward_params(model)
+        for name in ("cache", "past_key_values"):
+            if name in params and params[name].kind is not inspect.Parameter.VAR_KEYWORD:
+                return name
+        base = getattr(model, "get_base_model", None)
+        if base is None:
+            break
+        model = base()
+    return "past_key_values"
+
+
+def _returned_cache(out, cache_arg: str, given):
+    """The cache a forward returned (read under the name it was passed as: the old name warns)."""
+    returned = getattr(out, cache_arg, None)
+    return returned if returned is not None else given
+
+
+def _accepts(model, name: str) -> bool:
+    params = _forward_params(model)
     return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
@@ -300,8 +326,9 @@ def generate(
 
     Args:
         model: an HF causal LM (or anything with the same call interface:
-            ``model(input_ids=, attention_mask=, position_ids=, past_key_values=, use_cache=True)``
-            returning an object with ``.logits`` (B, T, V) and ``.past_key_values``).
+            ``model(input_ids=, attention_mask=, position_ids=, cache=, use_cache=True)`` returning
+            an object with ``.logits`` (B, T, V) and ``.cache``; models whose ``forward`` names the
+            argument ``past_key_values`` (transformers before the rename, custom models) get that).
         prompts: P lists of prompt token ids, unpadded, each non-empty.
         cfg: sampling settings (see :class:`SamplingConfig`).
         pad_token_id: id used for left-padding prompts and right-padding responses.
@@ -416,11 +443,12 @@ def _generate_chunk(model, row_prompts, row_keys, cfg: SamplingConfig, *, pad_to
     position_ids = (attn.cumsum(-1) - 1).clamp_(min=0)
 
     cache = _make_cache(model, Lp + T)
+    cache_arg = _cache_arg(model)
     kwargs = {"logits_to_keep": 1} if _accepts(model, "logits_to_keep") else {}
     out = model(input_ids=input_ids, attention_mask=attn, position_ids=position_ids,
-                past_key_values=cache, use_cache=True, **kwargs)
+                use_cache=True, **{cache_arg: cache}, **kwargs)
     logits = out.logits[:, -1, :]
-    cache = out.past_key_values if out.past_key_values is not None else cache
+    cache = _returned_cache(out, cache_arg, cache)
     inv = torch.tensor(inverse, dtype=torch.long, device=device)
     if len(uniq) != n:
         cache = _select_rows(cache, inv)
@@ -463,8 +491,8 @@ def _generate_chunk(model, row_prompts, row_keys, cfg: SamplingConfig, *, pad_to
             mask_buf = mask_buf.index_select(0, keep)
             cache = _select_rows(cache, keep)
         out = model(input_ids=tok.unsqueeze(-1), attention_mask=mask_buf[:, : Lp + t + 1],
-                    position_ids=next_pos.unsqueeze(-1), past_key_values=cache, use_cache=True)
+                    position_ids=next_pos.unsqueeze(-1), use_cache=True, **{cache_arg: cache})
         logits = out.logits[:, -1, :]
-        cache = out.past_key_values if out.past_key_values is not None else cache
+        cache = _returned_cache(out, cache_arg, cache)
         next_pos = next_pos + 1
     return ids, lps, lengths, truncated
