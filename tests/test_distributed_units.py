@@ -97,12 +97,6 @@ def test_step_reduction_sums_terms_metrics_and_tokens_over_ranks():
     assert sums == {"0": 3.0} and metrics == {"acc": pytest.approx(0.625)} and tokens == 40
 
 
-def test_shard_needs_an_even_split():
-    assert Runtime(rank=1, world_size=2).shard([1, 2, 3, 4]) == [3, 4]
-    with pytest.raises(ConfigError, match="prompts: 5 do not split evenly over 2 ranks"):
-        Runtime(rank=0, world_size=2).shard(list(range(5)), "prompts")
-
-
 # ---------------------------------------------------------------------- global statistics
 def _stats_of(x, mask):
     m = mask.to(x.dtype)

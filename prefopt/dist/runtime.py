@@ -134,15 +134,6 @@ class Runtime:
         rank, (name, message, _) = next((r, rep) for r, rep in failed if not rep[2])
         raise TrainingError(f"rank {rank} failed: {name}: {message}")
 
-    # ------------------------------------------------------------------ data
-    def shard(self, items: Sequence, what: str = "items") -> list:
-        """This rank's contiguous share of a global list whose length divides by the world size."""
-        n = len(items)
-        if n % self.world_size:
-            raise ConfigError(f"{what}: {n} do not split evenly over {self.world_size} ranks")
-        k = n // self.world_size
-        return list(items[self.rank * k:(self.rank + 1) * k])
-
     def unwrap(self, model: torch.nn.Module) -> torch.nn.Module:
         """The user's module under any wrapper (``.module`` of DDP-style wrappers). FSDP2 shards in
         place, so its model is already the user's class."""
