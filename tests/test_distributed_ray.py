@@ -8,7 +8,7 @@ import torch
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'prefopt[ray]')")
 
-from prefopt.dist.rollout_workers import RayRolloutWorkers  # noqa: E402
+from prefopt.dist.rollout_workers import RayRolloutWorkers, init_ray  # noqa: E402
 from prefopt.errors import TrainingError  # noqa: E402
 from prefopt.rollout.engine import SamplingConfig, generate  # noqa: E402
 
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def ray_cluster():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    init_ray(ray, num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 
@@ -59,6 +59,11 @@ def test_workers_sample_what_the_learner_samples_with_the_weights_they_are_sent(
         assert workers.pushes == 2
     finally:
         workers.close()
+
+
+def test_ray_leaves_the_signal_handlers_alone(ray_cluster):
+    import signal
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
 
 
 def test_a_dead_worker_stops_the_call_with_its_error(ray_cluster, tiny_llama, reviews_tokenizer):

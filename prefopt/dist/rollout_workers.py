@@ -32,6 +32,19 @@ def import_ray():
     return ray
 
 
+def init_ray(ray, **kwargs) -> None:
+    """``ray.init`` that leaves this process's SIGINT/SIGTERM handlers as they were (Ray installs its
+    own, which would bypass the loop's signal-safe checkpointing)."""
+    import signal
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        ray.init(**kwargs)
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
+
+
 def weights_version(model: torch.nn.Module) -> int:
     """Advances with every in-place update of any parameter (optimizer steps, loads)."""
     return sum(p._version for p in model.parameters())
@@ -66,7 +79,7 @@ class RayRolloutWorkers:
             raise ConfigError(f"dist.rollout_workers: got {n}, expected >= 1")
         ray = import_ray()
         if not ray.is_initialized():
-            ray.init(num_cpus=n, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+            init_ray(ray, num_cpus=n, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
         self.ray, self.max_staleness = ray, max_staleness
         actor = ray.remote(num_cpus=1)(_Worker)
         template = ray.put(copy.deepcopy(model).cpu())
