@@ -43,6 +43,10 @@ ROLLOUT_CALL = "rollout.call"
 ROLLOUT_EVAL = "rollout.eval"
 ONLINE_PREF_ROUND = "online_pref.round"
 PPO_MINIBATCHES = "ppo.minibatches"
+RESET_DRAW = "reset.draw"
+MIX_OFFLINE = "mix.offline"
+RIC_ROUND = "ric.round"
+HEDGE_FEEDBACK = "hedge.feedback"
 
 PURPOSES: dict[str, str] = {
     GLOBAL: "Python/NumPy/torch global generators (dropout, anything unseeded)",
@@ -64,7 +68,11 @@ PURPOSES: dict[str, str] = {
     ROLLOUT_CALL: "training sampling call of an online algorithm; index: call count",
     ROLLOUT_EVAL: "fixed evaluation samples of an online algorithm; index: prompt",
     ONLINE_PREF_ROUND: "data order of one online/iterative DPO round; index: round",
+    RIC_ROUND: "prompts, random targets and sampling of a rewards-in-context online round; index: round",
     PPO_MINIBATCHES: "PPO epoch/minibatch shuffles; index: rollout count",
+    RESET_DRAW: "dataset-reset coins and prefix lengths (DR-PO); index: draw call",
+    MIX_OFFLINE: "base seed of a mixture's offline source (its data order)",
+    HEDGE_FEEDBACK: "which judged pairs a Hedge labeller asks the gold label for; index: judge call",
 }
 
 

@@ -77,3 +77,22 @@ def test_default_reference_lies_below_every_point():
     ref = default_reference(pts)
     assert ref.tolist() == pytest.approx([0.8, 0.8])
     assert hypervolume(pts, ref) > 0
+
+
+def test_combine_weighted_by_hand_and_as_the_one_scalarization():
+    import prefopt.models.reward as reward
+    import prefopt.objectives.scalarize as objectives_scalarize
+    from prefopt.losses.scalarize import combine_weighted
+
+    r = torch.tensor([[1.0, -2.0], [0.5, 0.5]], dtype=torch.float64)
+    w = [2.0, 0.5]
+    # weighted parts: row 0 (2, -1), row 1 (1, 0.25)
+    torch.testing.assert_close(combine_weighted(r, w, "sum"), torch.tensor([1.0, 1.25], dtype=torch.float64))
+    torch.testing.assert_close(combine_weighted(r, w, "mean"), torch.tensor([0.4, 0.5], dtype=torch.float64))
+    torch.testing.assert_close(combine_weighted(r, w, "min"), torch.tensor([-1.0, 0.25], dtype=torch.float64))
+    # uwo: mean - 1 * population variance: row 0 0.5 - 2.25, row 1 0.625 - 0.140625
+    torch.testing.assert_close(combine_weighted(r, w, "uwo"), torch.tensor([-1.75, 0.484375], dtype=torch.float64))
+    with pytest.raises(ConfigError, match="reward_combine: got 'max'"):
+        combine_weighted(r, w, "max")
+    assert reward.aggregate(r, "min").tolist() == aggregate_members(r, "min").tolist() == [-2.0, 0.5]
+    assert objectives_scalarize.combine_weighted is combine_weighted  # re-exported, not copied

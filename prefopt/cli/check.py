@@ -12,6 +12,7 @@ from pathlib import Path
 from prefopt.data.loaders import looks_local
 from prefopt.errors import ConfigError
 from prefopt.train.config import TrainConfig
+from prefopt.train.recipe_config import recipe_paths
 
 REWARD_MODEL_PREFIX = "reward_model:"
 
@@ -73,6 +74,8 @@ def check_train_inputs(cfg: TrainConfig, resume_dir: str | Path | None = None) -
         value = getattr(cfg.data, key)
         if value:
             _check_path(f"data.{key}", value, notes)
+    for key, value in recipe_paths(cfg.recipe):
+        _check_path(key, value, notes)
     for i, spec in enumerate(cfg.online.reward):
         if spec.name.startswith(REWARD_MODEL_PREFIX):
             _check_path(f"online.reward[{i}].name", spec.name[len(REWARD_MODEL_PREFIX):], notes)

@@ -84,6 +84,13 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("overrides", nargs="*", help="key=value overrides, e.g. steps=30 'losses=[dpo,ipo]'")
     c.add_argument("--out", help="output directory (default runs/compare-<timestamp>)")
 
+    from prefopt.cli.front import FrontConfig
+    f = sub.add_parser("front", help="sweep preference vectors for one multi-objective method, write the Pareto front",
+                       formatter_class=fmt, epilog=_config_help(FrontConfig))
+    f.add_argument("config", nargs="?", help="YAML front config")
+    f.add_argument("overrides", nargs="*", help="key=value overrides, e.g. method=soups grid=2")
+    f.add_argument("--out", help="output directory (default runs/front-<method>-<timestamp>); rerun to resume")
+
     data = sub.add_parser("data", help="datasets for the lab")
     dsub = data.add_subparsers(dest="data_command", required=True)
     mk = dsub.add_parser("make", help="sample preference pairs from a model and label them by a gold objective",
@@ -229,6 +236,14 @@ def _compare_text(summary: dict) -> str:
     return markdown_table(summary) + f"\nwall time {summary['seconds']['total']} s"
 
 
+def cmd_front(args) -> int:
+    from prefopt.cli.config import load_config
+    from prefopt.cli.front import FrontConfig, run_front
+
+    run_front(load_config(FrontConfig, args.config, args.overrides), Path(args.out) if args.out else None)
+    return 0
+
+
 def _interrupted_message(exc: KeyboardInterrupt) -> str:
     checkpoint = getattr(exc, "checkpoint", None)
     if checkpoint is not None:
@@ -249,7 +264,8 @@ def cmd_report(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "demo": cmd_demo, "tasks": cmd_tasks, "compare": cmd_compare, "report": cmd_report}
+COMMANDS = {"train": cmd_train, "demo": cmd_demo, "tasks": cmd_tasks, "compare": cmd_compare, "report": cmd_report,
+            "front": cmd_front}
 
 
 def main(argv: list[str] | None = None) -> int:

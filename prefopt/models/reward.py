@@ -24,27 +24,20 @@ from typing import Sequence
 import torch
 
 from prefopt.errors import ConfigError, PrefoptError
+from prefopt.losses.scalarize import ENSEMBLE_AGGREGATIONS, aggregate_members
 from prefopt.models.config import ModelConfig
 from prefopt.models.loading import DTYPES, _check_local
 from prefopt.models.tiny import is_tiny, tiny_config
 from prefopt.seeding import REWARD_INIT, REWARD_MEMBER, derive_seed
 
-AGGREGATIONS = ("mean", "min", "uwo")
+AGGREGATIONS = tuple(ENSEMBLE_AGGREGATIONS)
 ENSEMBLE_FILE = "ensemble.json"
 META_KEY = "prefopt_reward"
 
 
 def aggregate(rewards: torch.Tensor, how: str = "mean", uwo_lambda: float = 1.0) -> torch.Tensor:
-    """(N, k) member rewards -> (N,) aggregated reward."""
-    if rewards.dim() == 1:
-        rewards = rewards.unsqueeze(-1)
-    if how == "mean":
-        return rewards.mean(-1)
-    if how == "min":
-        return rewards.min(-1).values
-    if how == "uwo":
-        return rewards.mean(-1) - uwo_lambda * rewards.var(-1, correction=0)
-    raise ConfigError(f"reward aggregation: got '{how}', expected one of {', '.join(AGGREGATIONS)}")
+    """(N, k) member rewards -> (N,) aggregated reward (:func:`prefopt.losses.scalarize.aggregate_members`)."""
+    return aggregate_members(rewards, how, uwo_lambda)
 
 
 def reward_values(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

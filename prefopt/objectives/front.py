@@ -54,15 +54,17 @@ def weights_key(weights: Sequence[float]) -> tuple[float, ...]:
 
 @dataclass
 class Cost:
-    """Training cost: optimizer steps, tokens sampled from a policy (online methods), wall time."""
+    """Training cost: optimizer steps, tokens sampled from a policy (online methods), wall time, and
+    the process CPU time (steadier than wall time on a shared machine)."""
 
     gradient_steps: int = 0
     sampled_tokens: int = 0
     wall_seconds: float = 0.0
+    cpu_seconds: float = 0.0
 
     def __add__(self, other: "Cost") -> "Cost":
         return Cost(self.gradient_steps + other.gradient_steps, self.sampled_tokens + other.sampled_tokens,
-                    self.wall_seconds + other.wall_seconds)
+                    round(self.wall_seconds + other.wall_seconds, 3), round(self.cpu_seconds + other.cpu_seconds, 3))
 
 
 def _stderr(values: Sequence[float]) -> float | None:
@@ -216,7 +218,8 @@ def _field(data: Mapping, key: str, source: str, where: str = ""):
 
 def _parse_cost(data, source: str, where: str) -> Cost:
     try:
-        return Cost(int(data["gradient_steps"]), int(data["sampled_tokens"]), float(data["wall_seconds"]))
+        return Cost(int(data["gradient_steps"]), int(data["sampled_tokens"]), float(data["wall_seconds"]),
+                    float(data.get("cpu_seconds", 0.0)))
     except (KeyError, TypeError, ValueError) as exc:
         raise DataError(f"{source}: {where}: expected gradient_steps, sampled_tokens, wall_seconds ({exc})") from None
 
@@ -226,9 +229,10 @@ def _parse_point(data, objectives: Sequence[str], source: str, where: str) -> Fr
     missing = [o for o in objectives if o not in means or o not in stderr]
     if missing:
         raise DataError(f"{source}: {where}: no mean/stderr for objective(s) {missing}")
+    extra = [o for o in means if o not in objectives and o in stderr]  # objectives evaluated but not swept
     return FrontPoint(tuple(float(w) for w in _field(data, "weights", source, where + ".")),
-                      {o: float(means[o]) for o in objectives},
-                      {o: None if stderr[o] is None else float(stderr[o]) for o in objectives},
+                      {o: float(means[o]) for o in [*objectives, *extra]},
+                      {o: None if stderr[o] is None else float(stderr[o]) for o in [*objectives, *extra]},
                       int(_field(data, "n", source, where + ".")),
                       _parse_cost(_field(data, "cost", source, where + "."), source, f"{where}.cost"),
                       bool(data.get("nondominated", False)), str(data.get("label", "")))

@@ -17,12 +17,14 @@ from labelled pairs (e.g. gold labels on a fraction of online pairs). State is a
 from __future__ import annotations
 
 import math
+import random
 from typing import Callable, Sequence
 
 import torch
 
 from prefopt.errors import ConfigError, DataError
-from prefopt.rollout.preferences import RewardJudge, as_judge
+from prefopt.seeding import HEDGE_FEEDBACK, derive_seed
+from prefopt.rollout.preferences import NamedJudge, RewardJudge, as_judge
 
 ETA_MODES = ("fixed", "horizon", "doubling")
 FEEDBACK_LOSSES = ("absolute", "squared", "zero_one")
@@ -239,3 +241,54 @@ class HedgeReward:
 
     def feedback(self, prompts, a, b, labels) -> torch.Tensor:
         return self.judge.feedback(prompts, a, b, labels)
+
+
+class HedgeLabeller(NamedJudge):
+    """Hedge as a preference source that learns while it labels: P(a ≻ b) = Σ_k w_k P_k(a ≻ b) with the
+    weights *before* this pair's feedback; then, for a ``feedback`` fraction of the pairs (a seeded
+    draw per call), the ``gold`` judge's P(a ≻ b) is the soft label y and every expert pays
+    loss(P_k, y) (:func:`feedback_losses`), one Hedge round per labelled pair.
+
+    Usable wherever a judge is (online_dpo / iterative_dpo's ``online.judge: hedge``, the self-play
+    presets' ``selfplay.judge: hedge``). :meth:`metrics` gives the weights, the cumulative regret
+    against the best single expert in hindsight, its bound, and the agreement of the ensemble's
+    side with the gold side on the labelled pairs; state is a plain tree."""
+
+    def __init__(self, judges: Sequence, gold, hedge: Hedge, *, feedback: float = 0.25, loss: str = "absolute",
+                 seed: int = 0):
+        if not 0.0 <= feedback <= 1.0:
+            raise ConfigError(f"{hedge.key}.feedback: got {feedback}, expected a fraction in [0, 1]")
+        self.ensemble = HedgeJudge(judges, hedge, loss=loss)
+        self.gold, self.hedge, self.feedback_rate, self.seed = as_judge(gold), hedge, float(feedback), int(seed)
+        self.calls, self.labelled, self.agreed = 0, 0, 0
+        super().__init__(self._label, self.ensemble.name)
+
+    def _draw(self) -> float:
+        # One uniform per call, a pure function of (seed, call index): resumable without RNG state.
+        return random.Random(derive_seed(self.seed, HEDGE_FEEDBACK, self.calls)).random()
+
+    def _label(self, prompt, a: str, b: str) -> float:
+        probs = self.ensemble.expert_probs([prompt], [a], [b])
+        value = float(self.hedge.combine(probs)[0])
+        if self.feedback_rate > 0 and self._draw() < self.feedback_rate:
+            y = self.gold.probability(prompt, a, b)
+            self.hedge.update(feedback_losses(probs, [y], self.ensemble.loss))
+            self.labelled += 1
+            self.agreed += int((value > 0.5) == (y > 0.5))
+        self.calls += 1
+        return value
+
+    def metrics(self) -> dict[str, float]:
+        m = self.hedge.metrics()
+        m[f"{self.hedge.key}/labelled"] = float(self.labelled)
+        if self.labelled:
+            m[f"{self.hedge.key}/gold_agreement"] = self.agreed / self.labelled
+        return m
+
+    def state_dict(self) -> dict:
+        return {"hedge": self.hedge.state_dict(), "calls": self.calls, "labelled": self.labelled,
+                "agreed": self.agreed}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.hedge.load_state_dict(state["hedge"])
+        self.calls, self.labelled, self.agreed = int(state["calls"]), int(state["labelled"]), int(state["agreed"])

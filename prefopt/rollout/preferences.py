@@ -3,10 +3,19 @@
 A *judge* answers ``judge(prompt, a, b) -> P(a ≻ b)`` in [0, 1]. Sources, by config name
 (:func:`build_judge`):
 
-- ``lab``: the lab task's gold pairwise judge (a task with a ``judge`` method, e.g. ``reviews_rps``).
+- ``lab``: the lab task's gold pairwise judge (a task with a ``judge`` method, e.g. ``reviews_rps``);
+  ``lab:noisy`` = (1 − ν)·P_gold + ν·U with U a uniform fixed per (prompt, a, b) by a hash (option
+  ``noise`` ν, default 0.5), ``lab:adversarial`` = 1 − P_gold: the weak experts of a Hedge ensemble.
 - ``bt:SCORER``: a Bradley-Terry judge σ((r(a) − r(b)) / temperature) over any scorer name that
   :func:`prefopt.rollout.scorers.resolve_scorer` knows (``bt:gold:informativeness``,
   ``bt:reward_model:PATH``, ``bt:module:function``); option ``temperature`` (default 1).
+- ``pairwise_model:PATH``: a *pairwise* preference model, i.e. a reward model trained (with the
+  ordinary reward-model code) on pair texts: the "response" of a row is ``pair_text(a, b)`` =
+  ``" [A]" + a + " [B]" + b`` and each preference pair (y_w, y_l) becomes the reward-model pair
+  (chosen = pair_text(y_w, y_l), rejected = pair_text(y_l, y_w)) (:func:`pairwise_model_rows`).
+  The Bradley-Terry loss on those rows is −log σ(s(y_w, y_l) − s(y_l, y_w)), so the judge is
+  P(a ≻ b) = σ(s(x, a, b) − s(x, b, a)): antisymmetric by construction (P(a ≻ b) + P(b ≻ a) = 1,
+  P(a ≻ a) = ½) and, unlike a scalar reward, able to represent intransitive preferences.
 - ``module:function``: a Python judge function (with ``options``, a factory returning one).
 
 Every value is checked: an exception, NaN or a value outside [0, 1] stops with a
@@ -17,6 +26,7 @@ compare policies through their samples.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
@@ -27,6 +37,7 @@ from prefopt.errors import ConfigError, PrefoptError
 from prefopt.rollout.scorers import RewardError, import_callable, judge_from_reward, resolve_scorer
 
 JudgeFn = Callable[[str, str, str], float]
+LAB_JUDGES = ("lab", "lab:noisy", "lab:adversarial")
 
 
 def _short(text: str, limit: int = 40) -> str:
@@ -143,6 +154,54 @@ class RewardJudge(NamedJudge):
         return self._bt(prompt, samples, samples)  # σ(0) = ½ on the diagonal, exactly antisymmetric
 
 
+PAIR_A, PAIR_B = " [A]", " [B]"
+
+
+def pair_text(a: str, b: str) -> str:
+    """The text a pairwise preference model scores for "a against b" (see the module docstring)."""
+    return f"{PAIR_A}{a}{PAIR_B}{b}"
+
+
+def pairwise_model_rows(rows: Sequence[Mapping]) -> list[dict]:
+    """Preference rows {prompt, chosen, rejected} → reward-model rows over pair texts, both orders."""
+    out = []
+    for i, r in enumerate(rows):
+        missing = [k for k in ("prompt", "chosen", "rejected") if k not in r]
+        if missing:
+            raise ConfigError(f"pairwise_model_rows: row {i} has no {', '.join(missing)} (expected prompt, "
+                              "chosen, rejected)")
+        out.append({"prompt": r["prompt"], "chosen": pair_text(r["chosen"], r["rejected"]),
+                    "rejected": pair_text(r["rejected"], r["chosen"])})
+    return out
+
+
+class PairwiseModelJudge(NamedJudge):
+    """P(a ≻ b) = σ(s(x, pair_text(a, b)) − s(x, pair_text(b, a))) from a scorer ``s`` trained on
+    :func:`pairwise_model_rows`. Blocks and matrices score all ordered pairs in one call."""
+
+    def __init__(self, scorer: Callable, name: str):
+        self.scores = RewardJudge(scorer, name)  # validated scalar outputs
+        super().__init__(self._one, name)
+
+    def _one(self, prompt: str, a: str, b: str) -> float:
+        return float(self._block(prompt, [a], [b])[0, 0])
+
+    def _block(self, prompt: str, a: Sequence[str], b: Sequence[str]) -> torch.Tensor:
+        forward = [pair_text(x, y) for x in a for y in b]
+        backward = [pair_text(y, x) for x in a for y in b]
+        s = torch.tensor(self.scores.rewards([prompt] * (2 * len(forward)), forward + backward), dtype=torch.float64)
+        n = len(forward)
+        return torch.sigmoid(s[:n] - s[n:]).reshape(len(a), len(b))
+
+    def block(self, prompt, a, b, label=""):
+        return self._block(prompt, a, b)
+
+    def matrix(self, prompt, samples, both_orders=False, label=""):
+        out = self._block(prompt, samples, samples)
+        out.fill_diagonal_(0.5)  # σ(s(a, a) − s(a, a)) = ½ exactly; rounding aside
+        return out
+
+
 def as_judge(judge: NamedJudge | JudgeFn, name: str | None = None) -> NamedJudge:
     """A :class:`NamedJudge` (a plain callable is named after its function)."""
     if isinstance(judge, NamedJudge):
@@ -162,6 +221,23 @@ def lab_judge(task) -> NamedJudge:
     return NamedJudge(fn, f"lab:{task.name}")
 
 
+def _pair_uniform(prompt, a: str, b: str) -> float:
+    digest = hashlib.sha256(repr((prompt, a, b)).encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0 ** 64
+
+
+def noisy_judge(gold: NamedJudge, noise: float = 0.5) -> NamedJudge:
+    """(1 − ν)·P_gold(a ≻ b) + ν·U(prompt, a, b), U uniform and fixed per triple (reproducible)."""
+    if not 0.0 <= noise <= 1.0:
+        raise ConfigError(f"judge 'lab:noisy': noise must be in [0, 1], got {noise}")
+    return NamedJudge(lambda p, a, b: (1 - noise) * gold(p, a, b) + noise * _pair_uniform(p, a, b), "lab:noisy")
+
+
+def adversarial_judge(gold: NamedJudge) -> NamedJudge:
+    """1 − P_gold(a ≻ b): always the wrong side, with the gold's confidence."""
+    return NamedJudge(lambda p, a, b: 1.0 - gold(p, a, b), "lab:adversarial")
+
+
 def function_judge(spec: str | JudgeFn, options: dict | None = None, name: str | None = None) -> NamedJudge:
     """A Python judge: a callable, or ``module:function`` (a factory called with ``options``)."""
     if not isinstance(spec, str):
@@ -175,16 +251,24 @@ def function_judge(spec: str | JudgeFn, options: dict | None = None, name: str |
 def build_judge(spec: str, *, task=None, options: dict | None = None) -> NamedJudge:
     """The judge a config names: ``lab``, ``bt:SCORER`` or ``module:function`` (see module docstring)."""
     options = dict(options or {})
-    if spec == "lab":
+    if spec in LAB_JUDGES:
         if task is None:
-            raise ConfigError("judge 'lab': needs a lab task (data.task)")
-        if options:
-            raise ConfigError(f"judge 'lab': takes no options, got {sorted(options)}")
-        return lab_judge(task)
+            raise ConfigError(f"judge '{spec}': needs a lab task (data.task)")
+        allowed = {"lab:noisy": {"noise"}}.get(spec, set())
+        if set(options) - allowed:
+            raise ConfigError(f"judge '{spec}': unknown options {sorted(set(options) - allowed)} "
+                              f"(takes {sorted(allowed) or 'none'})")
+        gold = lab_judge(task)
+        if spec == "lab:noisy":
+            return noisy_judge(gold, **options)
+        return adversarial_judge(gold) if spec == "lab:adversarial" else gold
     if spec.startswith("bt:"):
         temperature = options.pop("temperature", 1.0)
         scorer, _ = resolve_scorer(spec[3:], task=task, options=options)
         return RewardJudge(scorer, spec, temperature)
+    if spec.startswith("pairwise_model:"):
+        scorer, _ = resolve_scorer("reward_model:" + spec.split(":", 1)[1], task=task, options=options)
+        return PairwiseModelJudge(scorer, spec)
     return function_judge(spec, options)
 
 

@@ -28,13 +28,15 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence, Union
 
 from prefopt.data.chat import has_chat_template, set_chat_template
+import torch
+
 from prefopt.errors import ConfigError, PrefoptError
+from prefopt.losses.scalarize import COMBINE_MODES, combine_weighted
 
 Prompt = Union[str, list]  # a string, or a list of {role, content} messages
 ScorerFn = Callable[[list[Prompt], list[str]], Any]
 JudgeFn = Callable[[Prompt, str, str], float]
 
-COMBINE_MODES = ("sum", "mean", "min", "uwo")
 
 
 class RewardError(PrefoptError, RuntimeError):
@@ -357,26 +359,11 @@ class WeightedReward:
             penalized.update(res.penalized)
         if not weighted:
             raise ConfigError("online.reward: no component has a weight, nothing would drive training")
-        ws = [w for w, _ in weighted]
-        total = []
-        for i in range(len(prompts)):
-            if i in penalized:
-                total.append(self.penalty)
-            else:
-                total.append(_combine([w * col[i] for w, col in weighted], ws, self.combine, self.uwo_lambda))
+        matrix = torch.tensor([col for _, col in weighted], dtype=torch.float64).T.reshape(len(prompts), -1)
+        total = combine_weighted(matrix, [w for w, _ in weighted], self.combine, self.uwo_lambda).tolist()
+        for i in penalized:
+            total[i] = self.penalty
         return RewardOutput(total, components, len(penalized))
-
-
-def _combine(parts: list[float], weights: list[float], mode: str, lam: float) -> float:
-    if mode == "sum":
-        return sum(parts)
-    if mode == "mean":
-        return sum(parts) / (sum(weights) or 1.0)
-    if mode == "min":
-        return min(parts)
-    mean = sum(parts) / len(parts)
-    var = sum((p - mean) ** 2 for p in parts) / len(parts)
-    return mean - lam * var
 
 
 def build_reward(specs: Sequence[Any], *, task=None, on_error: str = "error", penalty: float = -1.0,

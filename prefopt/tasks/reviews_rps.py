@@ -176,3 +176,44 @@ class ReviewsRPSTask(ReviewsTask):
     def panel(self, prompts: Sequence[str]) -> dict[str, list[str]]:
         """One best-response policy per style: {style: its response to each prompt}."""
         return {s: [self.best_response(p, s) for p in prompts] for s in STYLES}
+
+    # --------------------------------------------------------------- data for a pairwise preference model
+
+    def judged_pairs(self, n: int, seed: int = 0) -> list[dict]:
+        """``n`` pairs of base-distribution responses to train prompts, each labelled by a draw from the
+        gold judge (a wins with probability P(a ≻ b)); identical responses are redrawn."""
+        from prefopt.seeding import PREFDATA_LABELS, derive_seed
+
+        rng = random.Random(derive_seed(seed, PREFDATA_LABELS))
+        prompts = self.prompts("train", n, seed=seed)
+        rows = []
+        for prompt in prompts:
+            product = _parse_prompt(prompt)
+            a, b = self.response(rng, product), self.response(rng, product)
+            while b == a:
+                b = self.response(rng, product)
+            a_wins = rng.random() < self.judge(prompt, a, b)
+            rows.append({"prompt": prompt, "chosen": a if a_wins else b, "rejected": b if a_wins else a})
+        return rows
+
+
+def write_pairwise_model_data(path: str, n: int, seed: int = 0, **task_options) -> int:
+    """Write ``n`` judged pairs as pairwise-preference-model rows (pair texts, see
+    :func:`prefopt.rollout.preferences.pairwise_model_rows`) to a JSONL file; returns the row count."""
+    from prefopt.data.loaders import write_jsonl
+    from prefopt.rollout.preferences import pairwise_model_rows
+
+    rows = pairwise_model_rows(ReviewsRPSTask(**task_options).judged_pairs(n, seed))
+    write_jsonl(path, rows)
+    return len(rows)
+
+
+if __name__ == "__main__":  # python -m prefopt.tasks.reviews_rps OUT.jsonl [N] [SEED]
+    import sys
+
+    args = sys.argv[1:]
+    if not 1 <= len(args) <= 3:
+        raise SystemExit("usage: python -m prefopt.tasks.reviews_rps OUT.jsonl [N=4000] [SEED=0]")
+    count = write_pairwise_model_data(args[0], int(args[1]) if len(args) > 1 else 4000,
+                                      int(args[2]) if len(args) > 2 else 0)
+    print(f"wrote {count} pairwise-model rows to {args[0]}")

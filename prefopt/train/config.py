@@ -14,7 +14,10 @@ from prefopt.rollout.engine import SamplingConfig
 from prefopt.seeding import SEED_MAX
 from prefopt.train.online_config import OnlineConfig
 from prefopt.train.hybrid_config import HypoConfig, MixConfig, ResetConfig
+from prefopt.objectives.config import ModpoConfig, RicConfig
 from prefopt.train.presets import OPTIONAL_SECTIONS, algo_help, check_sections
+from prefopt.train.recipe_config import PartSpec, check_recipe
+from prefopt.train.selfplay_config import HedgeConfig, SelfPlayConfig
 from prefopt.validation import bad_value
 
 
@@ -125,6 +128,17 @@ class TrainConfig:
         "HyPO (algo.name: hypo): the online reverse-KL term's λ, samples per prompt and prompts per step.")})
     reset: ResetConfig = field(default_factory=ResetConfig, metadata={"help": (
         "DR-PO dataset resets (algo.name: drpo): reset probability, response column, policy-gradient optimizer.")})
+    recipe: list[PartSpec] = field(default_factory=list, metadata={"help": (
+        "A recipe written directly (algo.name: recipe): parts [{source: {name, ...}, terms: [{name, weight, ...}]}] "
+        "(docs/hybrid.md).")})
+    modpo: ModpoConfig = field(default_factory=ModpoConfig, metadata={"help": (
+        "MODPO (algo.name: modpo): preference weights, margin sources of the other objectives, loss type.")})
+    ric: RicConfig = field(default_factory=RicConfig, metadata={"help": (
+        "Rewards-in-context (algo.name: ric): conditioned objectives, online rounds, preference-to-target mapping.")})
+    selfplay: SelfPlayConfig = field(default_factory=SelfPlayConfig, metadata={"help": (
+        "Self-play / Nash presets (sppo, inpo, egpo, online_ipo, dno, selm, spo): the judge and each method's knobs.")})
+    hedge: HedgeConfig = field(default_factory=HedgeConfig, metadata={"help": (
+        "A Hedge ensemble of judges as the preference source (selfplay.judge or online.judge: hedge).")})
     dist: DistConfig = field(default_factory=DistConfig, metadata={"help": (
         "Data parallelism under torchrun (ddp or fsdp2; gloo on CPU, nccl on GPU); train.batch_size is per rank.")})
     output_dir: str = field(default="runs", metadata={"help": "Runs are written to <output_dir>/<run_name>."})
@@ -138,3 +152,4 @@ class TrainConfig:
         if self.algo.name == "kto" and self.train.batch_size < 2:
             raise bad_value(f"{prefix}train.batch_size", self.train.batch_size,
                             "an integer >= 2 with algo.name=kto (its KL baseline pairs mismatched examples)")
+        check_recipe(self.recipe, self.algo.name)

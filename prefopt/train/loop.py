@@ -28,13 +28,14 @@ from prefopt.dist import current
 from prefopt.dist.parallel import gathered, grad_norm_value, sync_gradients
 from prefopt.errors import StopTraining, TrainingError
 from prefopt.optim import needs_create_graph
+from prefopt.seeding import GLOBAL, derive_seed
 from prefopt.train.algorithms.base import Algorithm
 from prefopt.train.checkpoint import rng_state, set_rng_state
 from prefopt.train.config import LoopConfig
 from prefopt.train.distributed import NullLogger, reduce_step
 from prefopt.train.interrupt import GUARD, TrainingInterrupted
 from prefopt.train.metrics import MetricsLogger, last_eval, peak_rss_mib
-from prefopt.train.recipe import plan_step, step_units
+from prefopt.train.recipe import PLAIN_STEP, plan_step, step_units
 from prefopt.train.rundir import locked
 from prefopt.train.run_state import RunState
 from prefopt.train.schedule import build_scheduler
@@ -52,9 +53,9 @@ class TrainResult:
 def seed_everything(seed: int) -> None:
     import numpy as np
 
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+    random.seed(derive_seed(seed, GLOBAL))
+    np.random.seed(derive_seed(seed, GLOBAL, bits=32))
+    torch.manual_seed(derive_seed(seed, GLOBAL))
 
 
 def train(model: torch.nn.Module, algorithm: Algorithm, optimizer: torch.optim.Optimizer,
@@ -137,6 +138,7 @@ def _train(model, algorithm, optimizer, cfg, run_dir, tokenizer, logger, resume,
     except KeyboardInterrupt as exc:
         GUARD.hold()  # a second Ctrl-C must not cut this save short
         try:
+            getattr(algorithm, "step_hook", PLAIN_STEP).abort(model, optimizer)  # e.g. undo a look-ahead
             saved = run.save_on_interrupt()
         finally:
             GUARD.discard()
@@ -174,8 +176,29 @@ def _progress(cfg: LoopConfig, start: int):
 
 
 def _one_step(model, algorithm: Algorithm, optimizer, scheduler, params, cfg: LoopConfig, step: int) -> dict:
-    rt = current()
+    """One loop step: a pass per phase of the algorithm's step hook (one plain pass by default,
+    see :class:`prefopt.train.recipe.StepHook`), then one scheduler step."""
     t0 = time.perf_counter()
+    hook = getattr(algorithm, "step_hook", PLAIN_STEP)
+    earlier: dict[str, float] = {}
+    for i, phase in enumerate(hook.phases):
+        record = _one_pass(model, algorithm, optimizer, hook, phase, params, cfg, step)
+        if i < len(hook.phases) - 1:
+            earlier.update({f"{phase}/loss": record["loss"], f"{phase}/grad_norm": record["grad_norm"]})
+    scheduler.step()
+    dt = time.perf_counter() - t0
+    tokens = record.pop("_tokens")
+    out = {"step": step, "loss": record.pop("loss"), "lr": record.pop("lr"), "grad_norm": record.pop("grad_norm"),
+           "time/step_s": dt, "tokens/s": tokens / dt if dt > 0 else 0.0, "memory/peak_rss_mib": peak_rss_mib()}
+    out.update(record)
+    out.update(earlier)
+    out.update(current().mean_dicts(algorithm.step_metrics()))  # source metrics: mean over ranks
+    return out
+
+
+def _one_pass(model, algorithm: Algorithm, optimizer, hook, phase: str, params, cfg: LoopConfig, step: int) -> dict:
+    """Sources make the batches → the hook → forward/backward per term → clip → optimizer step."""
+    rt = current()
     plan, error = None, None
     try:
         with gathered(model, rt):  # FSDP2: sampling runs on gathered weights
@@ -183,6 +206,7 @@ def _one_step(model, algorithm: Algorithm, optimizer, scheduler, params, cfg: Lo
     except Exception as exc:  # every rank learns of a failure (or a clean stop) on any rank
         error = exc
     rt.check_all(error)
+    hook.before_forward(phase, model, optimizer)
     model.train()
     units = step_units(plan, rt.all_reduce if rt.distributed else None)  # per term, over micro-batches and ranks
     if sum(units.values()) <= 0:
@@ -201,18 +225,15 @@ def _one_step(model, algorithm: Algorithm, optimizer, scheduler, params, cfg: Lo
             raise TrainingError(f"non-finite gradient norm at step {step}; lower the learning rate")
     lr = optimizer.param_groups[0]["lr"]
     optimizer.step()
-    scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    dt = time.perf_counter() - t0
+    hook.after_update(phase, model, optimizer)
     weights = {item.key: item.weight for micro in plan for item in micro}
-    record = {"step": step, "loss": sum(weights[k] * sums[k] / units[k] for k in sums), "lr": lr,
-              "grad_norm": grad_norm, "time/step_s": dt, "tokens/s": tokens / dt if dt > 0 else 0.0,
-              "memory/peak_rss_mib": peak_rss_mib()}
+    record = {"loss": sum(weights[k] * sums[k] / units[k] for k in sums), "lr": lr, "grad_norm": grad_norm,
+              "_tokens": tokens}
     names = getattr(algorithm, "term_names", {})
     if len(sums) > 1 or len(names) > 1:  # a multi-term recipe: each term's normalized loss too
         record.update({f"loss/{names.get(k, k)}": sums[k] / units[k] for k in sums})
     record.update(metrics)
-    record.update(rt.mean_dicts(algorithm.step_metrics()))  # source metrics: mean over ranks
     return record
 
 

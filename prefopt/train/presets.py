@@ -13,6 +13,7 @@ from prefopt.errors import ConfigError
 
 BASE_SECTIONS = ("model", "data", "optim", "train", "algo", "lora", "dist")
 ONLINE_SECTIONS = BASE_SECTIONS + ("perf", "rollout", "online")
+SELFPLAY_SECTIONS = ONLINE_SECTIONS + ("selfplay", "hedge")
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,7 @@ class Preset:
 
 
 def _pg(name: str, summary: str, **defaults) -> Preset:
-    return Preset(name, "policy_gradient", summary, ONLINE_SECTIONS + ("mix",), defaults, online=True)
+    return Preset(name, "policy_gradient", summary, ONLINE_SECTIONS + ("mix", "hedge"), defaults, online=True)
 
 
 _TABLE = [
@@ -54,15 +55,36 @@ _TABLE = [
         estimator="gae", num_generations=1, kl_coef=0.05, kl_in_reward=True, whiten_advantages=True,
         recompute_logprobs=True, value_head=True),
     Preset("online_dpo", "online_dpo", "two fresh samples per prompt, labelled, any pairwise loss",
-           ONLINE_SECTIONS + ("mix",), online=True),
+           ONLINE_SECTIONS + ("mix", "hedge"), online=True),
     Preset("iterative_dpo", "iterative_dpo", "rounds of best-vs-worst pairs, reference := policy",
-           ONLINE_SECTIONS, {"num_generations": 4}, online=True),
+           ONLINE_SECTIONS + ("hedge",), {"num_generations": 4}, online=True),
     Preset("raft", "raft", "rounds of SFT on each prompt's best sample", ONLINE_SECTIONS, {"num_generations": 4},
            online=True),
     Preset("hypo", "hypo", "pairwise loss on offline pairs + λ·online reverse KL on fresh samples (HyPO)",
            BASE_SECTIONS + ("perf", "rollout", "hypo")),
     Preset("drpo", "drpo", "dataset resets: rollouts from prompt + offline-response prefixes, ppo/rloo/grpo",
            ONLINE_SECTIONS + ("reset",), online=True),
+    Preset("recipe", "recipe", "sources × weighted terms written in YAML (the recipe section)",
+           ONLINE_SECTIONS + ("recipe", "reward")),
+    Preset("modpo", "modpo", "DPO on one preference, the other objectives' rewards as margins (MODPO)",
+           BASE_SECTIONS + ("perf", "modpo")),
+    Preset("ric", "ric", "rewards-in-context: SFT on prompts carrying each response's target scores",
+           BASE_SECTIONS + ("perf", "ric")),
+    # self-play / Nash (general preferences; docs/selfplay.md)
+    Preset("sppo", "selfplay", "rounds: K samples, win-rate matrix, SPPO square loss, reference := previous iterate",
+           SELFPLAY_SECTIONS, {"num_generations": 4}, online=True),
+    Preset("inpo", "selfplay", "rounds: judged pairs, INPO mirror-descent loss vs fixed reference and previous iterate",
+           SELFPLAY_SECTIONS, {"num_generations": 4}, online=True),
+    Preset("dno", "selfplay", "rounds: K samples ranked by win rate, large-margin pairs, DPO vs previous iterate",
+           SELFPLAY_SECTIONS, {"num_generations": 4}, online=True),
+    Preset("selm", "selfplay", "rounds: best-vs-worst pairs, DPO + αβ·Δ(y_ref) optimism, reference := previous iterate",
+           SELFPLAY_SECTIONS, {"num_generations": 4}, online=True),
+    Preset("online_ipo", "egpo", "fresh pairs from the geometric mixture π_θ/π_ref judged vs π_θ, online IPO loss",
+           SELFPLAY_SECTIONS, {"extragradient": False}, online=True),
+    Preset("egpo", "egpo", "online IPO with an extragradient step (look-ahead, restore, real step)",
+           SELFPLAY_SECTIONS, {"extragradient": True}, online=True),
+    Preset("spo", "spo", "win proportion among K samples as the reward of a policy-gradient preset (selfplay.pg)",
+           SELFPLAY_SECTIONS, online=True),
 ]
 PRESETS: dict[str, Preset] = {p.name: p for p in _TABLE}
 # Every top-level section some algorithm may ignore (the rest are read by all).
@@ -75,7 +97,7 @@ def names(family: str | None = None) -> tuple[str, ...]:
 
 def algo_help() -> str:
     """``algo.name``'s help text, generated from the table."""
-    offline = ", ".join(n for n, p in PRESETS.items() if not p.online and p.family not in ("hypo",))
+    offline = ", ".join(n for n, p in PRESETS.items() if not p.online and p.family not in ("hypo", "recipe"))
     online = ", ".join(n for n, p in PRESETS.items() if p.online)
     return (f"Algorithm: {offline} (dpo: any pairwise loss below); online: {online}; hybrid: hypo, drpo "
             "(a mix section adds offline data to online recipes); or 'recipe' to give sources and terms directly.")

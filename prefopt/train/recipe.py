@@ -14,7 +14,10 @@
 Batch kinds: ``pairs`` (PreferenceBatch), ``feedback`` (FeedbackBatch), ``sequences``
 (SequenceBatch, SFT), ``reward_pairs`` (list of PreferenceBatch, reward models), ``rollout``
 (PGBatch: scored rollouts with advantages), ``samples`` (SampleBatch: fresh unlabelled policy
-samples with reference log-probs).
+samples with reference log-probs), ``selfplay`` (SelfPlayBatch: pairs with win rates and anchors).
+
+A recipe may carry a :class:`StepHook` (``Recipe.step_hook``) that splits one loop step into
+several passes and acts between "sources produce the batch" and "forward" (EGPO's extragradient).
 """
 from __future__ import annotations
 
@@ -27,7 +30,34 @@ import torch
 from prefopt.errors import ConfigError
 from prefopt.train.algorithms.base import Algorithm, StepLoss
 
-BATCH_KINDS = ("pairs", "feedback", "sequences", "reward_pairs", "rollout", "samples")
+BATCH_KINDS = ("pairs", "feedback", "sequences", "reward_pairs", "rollout", "samples", "selfplay")
+
+
+class StepHook:
+    """A hook into one optimizer step of the loop (``prefopt.train.loop._one_step``).
+
+    One loop step runs a pass per name in ``phases``; each pass is: the sources make the batches
+    → ``before_forward(phase, model, optimizer)`` → forward/backward of every term → clipping →
+    ``optimizer.step()`` → ``after_update(phase, model, optimizer)``. The scheduler steps once per
+    loop step, after the last pass; the logged record is the last pass's, every earlier pass's
+    loss and grad norm are logged as ``<phase>/loss`` and ``<phase>/grad_norm``. Checkpoints are
+    only taken between loop steps, so a hook's intermediate state (e.g. a parameter snapshot)
+    never reaches one; ``abort(model, optimizer)`` runs when a step is interrupted (Ctrl-C) and
+    must put back the state of the last completed step. The default is one plain pass."""
+
+    phases: tuple[str, ...] = ("update",)
+
+    def before_forward(self, phase: str, model: torch.nn.Module, optimizer) -> None:
+        pass
+
+    def after_update(self, phase: str, model: torch.nn.Module, optimizer) -> None:
+        pass
+
+    def abort(self, model: torch.nn.Module, optimizer) -> None:
+        pass
+
+
+PLAIN_STEP = StepHook()
 
 
 class LossTerm(ABC):
@@ -141,6 +171,9 @@ class Recipe(Algorithm):
                  evaluate: Callable[[torch.nn.Module], dict] | None = None):
         self.parts, self.name, self._evaluate = parts, name, evaluate
         self.extra_state: dict[str, Any] = {}
+        self.step_hook: StepHook = PLAIN_STEP
+        # objects with metrics() merged into each step's record (e.g. a Hedge labeller's weights)
+        self.metric_sources: list[Any] = []
         for p in parts:
             for term, _ in p.terms:
                 if term.kind not in p.source.kinds:
@@ -183,6 +216,8 @@ class Recipe(Algorithm):
         m: dict[str, float] = {}
         for p in self.parts:
             m.update(p.source.step_metrics())
+        for obj in self.metric_sources:
+            m.update(obj.metrics())
         return m
 
     def evaluate(self, model) -> dict[str, float]:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import torch
 
+from prefopt.seeding import DATA_ORDER, derive_seed
+
 
 class EpochSampler:
     """Yields dataset indices in a seeded shuffled order, epoch after epoch.
@@ -33,7 +35,7 @@ class EpochSampler:
     def _make_order(self) -> list[int]:
         if not self.shuffle:
             return list(range(self.n))
-        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        g = torch.Generator().manual_seed(derive_seed(self.seed, DATA_ORDER, self.epoch))
         return torch.randperm(self.n, generator=g).tolist()
 
     def take_global(self, k: int) -> list[int]:

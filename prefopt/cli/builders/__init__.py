@@ -57,3 +57,6 @@ def build_algorithm(cfg, model, tokenizer):
 from prefopt.cli.builders import offline  # noqa: E402,F401  (registers sft, dpo)
 from prefopt.cli.builders import online  # noqa: E402,F401  (registers rloo, grpo, ppo, online_dpo, ...)
 from prefopt.cli.builders import hybrid  # noqa: E402,F401  (registers hypo, drpo)
+from prefopt.cli.builders import recipe  # noqa: E402,F401  (registers recipe: the YAML recipe section)
+from prefopt.cli.builders import multiobjective  # noqa: E402,F401  (registers modpo, ric)
+from prefopt.cli.builders import selfplay  # noqa: E402,F401  (registers sppo, inpo, dno, selm, egpo, online_ipo, spo)

@@ -5,11 +5,13 @@ from __future__ import annotations
 import functools
 
 from prefopt.cli.builders import register
-from prefopt.cli.builders.offline import _load, _prepare_tokenizer, _rows, encode_pair_data, resolve_loss
+from prefopt.cli.builders.offline import (_load, _prepare_tokenizer, _rows, encode_pair_data, load_sft_rows,
+                                          resolve_loss)
 from prefopt.cli.builders.online import _experience_from, _max_prompt_length, _reference, _task
 from prefopt.data.prepare import encode_pairwise, encode_sft
 from prefopt.data.tokenize import collate_pairs, collate_sequences, encode_text
 from prefopt.errors import ConfigError
+from prefopt.seeding import MIX_OFFLINE, derive_seed
 from prefopt.train.config import TrainConfig
 
 
@@ -73,7 +75,7 @@ def _reset_rows(cfg: TrainConfig) -> list[dict]:
 
 
 @register("drpo")
-def build_drpo(cfg: TrainConfig, model, tokenizer):
+def build_drpo(cfg: TrainConfig, model, tokenizer, make_reference=None):
     """Dataset resets (DR-PO) under ppo (default), rloo or grpo."""
     import dataclasses
 
@@ -92,39 +94,38 @@ def build_drpo(cfg: TrainConfig, model, tokenizer):
                             max_prompt_tokens=limit)
 
     return policy_gradient_recipe(pg_cfg, model, tokenizer, prompts=([prompt_text(tokenizer, p) for p in prompts],
-                                                                      prompts), draw=draw, name="drpo")
+                                                                      prompts), draw=draw, name="drpo",
+                                  make_reference=make_reference)
 
 
 # --------------------------------------------------------------------------- mixtures
-def mixture_offline_source(cfg: TrainConfig, tokenizer, kind: str):
-    """The ``mix.path`` rows as a dataset source of ``kind`` ('pairs' or 'sequences')."""
+def mixture_offline_source(cfg: TrainConfig, tokenizer, kind: str, path: str | None = None, key: str = "mix.path"):
+    """The rows of ``path`` (default ``mix.path``) as a dataset source of ``kind`` ('pairs' or 'sequences');
+    ``key`` names the setting in errors."""
     from prefopt.train.sources.offline import DatasetSource
 
     _prepare_tokenizer(cfg, tokenizer)
-    schema = "pairwise" if kind == "pairs" else None
-    if schema is None:
-        from prefopt.data.loaders import detect_schema, read_records
-        first = read_records(cfg.mix.path, fmt=cfg.data.format).rows[:1]
-        schema = "pairwise" if first and detect_schema(first[0]) == "pairwise" else "sft"
-    rows, _, source = _load(cfg, cfg.mix.path, None, schema)
+    path = path or cfg.mix.path
     pad = tokenizer.pad_token_id
     if kind == "pairs":
+        rows, _, source = _load(cfg, path, None, "pairwise")
         enc, _ = encode_pairwise(tokenizer, rows, source=source, **_lengths(cfg))
         collate = lambda b: collate_pairs(b, pad)  # noqa: E731
     else:
-        if schema == "pairwise":
-            rows = [{"prompt": r["prompt"], "completion": r["chosen"]} for r in rows]
+        rows, _, source = load_sft_rows(cfg, path, None, chosen_of_pairs=True)
         enc, _ = encode_sft(tokenizer, rows, source=source, **_lengths(cfg))
         collate = lambda b: collate_sequences([(r.prompt_ids, r.response_ids) for r in b], pad)  # noqa: E731
     if not enc:
-        raise ConfigError(f"mix.path: the offline source of the mixture is empty ({source})")
-    return DatasetSource(enc, collate, kind=kind, batch_size=cfg.train.batch_size, seed=cfg.train.seed + 1,
+        raise ConfigError(f"{key}: the offline source of the mixture is empty ({source})")
+    return DatasetSource(enc, collate, kind=kind, batch_size=cfg.train.batch_size,
+                         seed=derive_seed(cfg.train.seed, MIX_OFFLINE),
                          shuffle=True)
 
 
-def mixture_ratio(cfg: TrainConfig):
+def mixture_ratio(cfg: TrainConfig, m=None):
+    """ρ(step) per ``m`` (anything with schedule, start, end, horizon; default the ``mix`` section)."""
     from prefopt.train.schedule import ratio_at
-    m = cfg.mix
+    m = m or cfg.mix
     end = m.start if m.end is None else m.end
     horizon = m.horizon or cfg.train.steps
     return lambda step: ratio_at(step, schedule=m.schedule, start=m.start, end=end, horizon=horizon)

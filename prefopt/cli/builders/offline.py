@@ -19,6 +19,7 @@ from prefopt.data.loaders import apply_columns, detect_schema, read_records, val
 from prefopt.data.prepare import encode_pairwise, encode_sft, encode_unpaired, pairs_to_unpaired
 from prefopt.errors import ConfigError, DataError
 from prefopt.models.lora import is_peft
+from prefopt.seeding import TASK_CORPUS, UNPAIRED_PARTNERS, derive_seed
 from prefopt.tasks import get_task
 from prefopt.train.algorithms.base import Algorithm
 from prefopt.train.config import TrainConfig
@@ -83,11 +84,14 @@ def _prepare_tokenizer(cfg: TrainConfig, tokenizer) -> None:
     set_chat_template(tokenizer, cfg.data.chat_template)
 
 
-def encode_pair_data(cfg: TrainConfig, tokenizer) -> tuple[list, list, dict, list]:
+def encode_pair_data(cfg: TrainConfig, tokenizer, transform=None) -> tuple[list, list, dict, list]:
     """Encoded train pairs (index 0..N-1) and eval pairs (index N..N+M-1), stats, and each
-    pair's ``margin`` column value (None where absent), by index."""
+    pair's ``margin`` column value (None where absent), by index. ``transform(rows)`` may rewrite
+    the validated rows first (e.g. add score columns)."""
     _prepare_tokenizer(cfg, tokenizer)
     train_rows, eval_rows, stats, src, ev_src = _rows(cfg, "pairwise")
+    if transform is not None:
+        train_rows, eval_rows = transform(train_rows), transform(eval_rows) if eval_rows else eval_rows
     tr, tr_stats = encode_pairwise(tokenizer, train_rows, source=src, **_lengths(cfg))
     ev, ev_stats = (encode_pairwise(tokenizer, eval_rows, start_index=len(tr), source=ev_src, **_lengths(cfg))
                     if eval_rows else ([], None))
@@ -100,10 +104,12 @@ def encode_pair_data(cfg: TrainConfig, tokenizer) -> tuple[list, list, dict, lis
 
 
 # --------------------------------------------------------------------------- reference
-def build_reference(cfg: TrainConfig, model, *, needs_reference: bool, loss_name: str, precompute=None):
+def build_reference(cfg: TrainConfig, model, *, needs_reference: bool, loss_name: str, precompute=None,
+                    make_reference=None):
     """(reference module or None, precomputed store or None, stats) per ``algo.reference``.
 
-    ``precompute(model)`` returns the PrecomputedReference for 'precomputed'.
+    ``precompute(model)`` returns the PrecomputedReference for 'precomputed'; ``make_reference(kind, model)``
+    makes the module (default :func:`prefopt.models.reference.reference_module`; a recipe shares one).
     """
     from prefopt.models.reference import reference_module
 
@@ -128,7 +134,7 @@ def build_reference(cfg: TrainConfig, model, *, needs_reference: bool, loss_name
         return None, store, {"reference/precomputed_examples": len(store),
                              "reference/cache_hit": float(store.from_cache),
                              "reference/precompute_seconds": store.seconds}
-    return reference_module(kind, model), None, {}
+    return (make_reference or reference_module)(kind, model), None, {}
 
 
 def resolve_loss(cfg: TrainConfig):
@@ -159,18 +165,19 @@ def resolve_loss(cfg: TrainConfig):
 
 # --------------------------------------------------------------------------- builders
 @register("sft")
-def build_sft(cfg: TrainConfig, model, tokenizer) -> tuple[Algorithm, dict]:
+def build_sft(cfg: TrainConfig, model, tokenizer, chosen_of_pairs: bool = False) -> tuple[Algorithm, dict]:
+    """SFT on data.path rows (with ``chosen_of_pairs``: a pairs file's chosen responses) or the lab corpus."""
     from prefopt.train.algorithms.sft import SFT
 
     _prepare_tokenizer(cfg, tokenizer)
     stats: dict = {}
     if cfg.data.path:
-        train_rows, eval_rows, stats, src, ev_src = _rows_sft(cfg)
+        train_rows, eval_rows, stats, src, ev_src = _rows_sft(cfg, chosen_of_pairs)
     elif cfg.data.task:
         task = get_task(cfg.data.task, **cfg.data.task_options)
         to_rows = lambda pairs: [{"prompt": p, "completion": r} for p, r in pairs]  # noqa: E731
         train_rows = to_rows(task.sft_corpus(cfg.data.num_examples, seed=cfg.train.seed))
-        eval_rows = to_rows(task.sft_corpus(cfg.data.eval_examples, seed=cfg.train.seed + 1_000_003))
+        eval_rows = to_rows(task.sft_corpus(cfg.data.eval_examples, seed=derive_seed(cfg.train.seed, TASK_CORPUS, 1)))
         src = ev_src = f"task {cfg.data.task}"
     else:
         raise ConfigError("data.path: SFT needs a data file (prompt, completion) or a lab task in data.task")
@@ -182,18 +189,30 @@ def build_sft(cfg: TrainConfig, model, tokenizer) -> tuple[Algorithm, dict]:
                shuffle=cfg.data.shuffle, padding_free=cfg.perf.padding_free), stats
 
 
-def _rows_sft(cfg: TrainConfig):
+def load_sft_rows(cfg: TrainConfig, path: str, split: str | None, chosen_of_pairs: bool = False):
+    """(rows, stats, source) of SFT rows; with ``chosen_of_pairs`` a pairs file gives its chosen responses."""
+    if chosen_of_pairs:
+        first = apply_columns(read_records(path, fmt=cfg.data.format, split=split), cfg.data.columns,
+                              cfg.data.score_columns).rows[:1]
+        if first and detect_schema(first[0]) == "pairwise":
+            rows, stats, source = _load(cfg, path, split, "pairwise")
+            return [{"prompt": r["prompt"], "completion": r["chosen"]} for r in rows], stats, source
+    return _load(cfg, path, split, "sft")
+
+
+def _rows_sft(cfg: TrainConfig, chosen_of_pairs: bool = False):
     d = cfg.data
-    rows, stats, source = _load(cfg, d.path, d.split, "sft")
+    rows, stats, source = load_sft_rows(cfg, d.path, d.split, chosen_of_pairs)
     if d.eval_path or d.eval_split:
-        ev, _, ev_source = _load(cfg, d.eval_path or d.path, d.eval_split if not d.eval_path else None, "sft")
+        ev, _, ev_source = load_sft_rows(cfg, d.eval_path or d.path, d.eval_split if not d.eval_path else None,
+                                         chosen_of_pairs)
         return rows, ev, stats, source, ev_source
     n_eval = min(d.eval_examples, len(rows) // 10)
     return rows[n_eval:], rows[:n_eval], stats, source, f"{source} (held-out slice)"
 
 
 @register("dpo")
-def build_pairwise(cfg: TrainConfig, model, tokenizer) -> tuple[Algorithm, dict]:
+def build_pairwise(cfg: TrainConfig, model, tokenizer, make_reference=None) -> tuple[Algorithm, dict]:
     """Any pairwise loss (``algo.loss``) or weighted combination (``algo.loss_weights``)."""
     from prefopt.models.reference import pair_reference_logps
     from prefopt.train.algorithms.preference import PairwisePreference, pair_logps
@@ -204,7 +223,8 @@ def build_pairwise(cfg: TrainConfig, model, tokenizer) -> tuple[Algorithm, dict]
     reference, store, ref_stats = build_reference(
         cfg, model, needs_reference=not getattr(loss_fn, "reference_free", False), loss_name=loss_name,
         precompute=lambda m: pair_reference_logps(m, tr + ev, pad, cfg.train.batch_size, pair_logps=functools.partial(
-            pair_logps, prefix_sharing=cfg.perf.prefix_sharing, padding_free=cfg.perf.padding_free)))
+            pair_logps, prefix_sharing=cfg.perf.prefix_sharing, padding_free=cfg.perf.padding_free)),
+        make_reference=make_reference)
     stats.update(ref_stats)
     algo = PairwisePreference(tr, ev, loss_fn=loss_fn, beta=cfg.algo.beta, hparams=hparams, pad_id=pad,
                               batch_size=cfg.train.batch_size, reference=reference, seed=cfg.train.seed,
@@ -215,7 +235,7 @@ def build_pairwise(cfg: TrainConfig, model, tokenizer) -> tuple[Algorithm, dict]
 
 
 @register("kto")
-def build_kto(cfg: TrainConfig, model, tokenizer) -> tuple[Algorithm, dict]:
+def build_kto(cfg: TrainConfig, model, tokenizer, make_reference=None) -> tuple[Algorithm, dict]:
     """KTO on (prompt, completion, label) rows, or on pairs split into desirable/undesirable."""
     from prefopt.models.reference import feedback_reference_logps
     from prefopt.train.algorithms.kto import KTO
@@ -232,8 +252,9 @@ def build_kto(cfg: TrainConfig, model, tokenizer) -> tuple[Algorithm, dict]:
     _prepare_tokenizer(cfg, tokenizer)
     train_rows, eval_rows, stats, src, ev_src = _rows(cfg, "unpaired")
     tr, tr_stats = encode_unpaired(tokenizer, train_rows, seed=cfg.train.seed, source=src, **_lengths(cfg))
-    ev, _ = (encode_unpaired(tokenizer, eval_rows, start_index=len(tr), seed=cfg.train.seed + 1, source=ev_src,
-                             **_lengths(cfg)) if len(eval_rows) >= 2 else ([], None))
+    ev_seed = derive_seed(cfg.train.seed, UNPAIRED_PARTNERS, 1)  # the eval split's own partner stream
+    ev, _ = (encode_unpaired(tokenizer, eval_rows, start_index=len(tr), seed=ev_seed, source=ev_src, **_lengths(cfg))
+             if len(eval_rows) >= 2 else ([], None))
     stats.update(tr_stats.metrics())
     n_desirable = sum(e.label for e in tr)
     n_undesirable = len(tr) - n_desirable
@@ -247,7 +268,8 @@ def build_kto(cfg: TrainConfig, model, tokenizer) -> tuple[Algorithm, dict]:
     pad = tokenizer.pad_token_id
     reference, store, ref_stats = build_reference(
         cfg, model, needs_reference=True, loss_name="kto",
-        precompute=lambda m: feedback_reference_logps(m, tr + ev, pad, cfg.train.batch_size))
+        precompute=lambda m: feedback_reference_logps(m, tr + ev, pad, cfg.train.batch_size),
+        make_reference=make_reference)
     stats.update(ref_stats)
     algo = KTO(tr, ev, beta=cfg.algo.beta, pad_id=pad, batch_size=cfg.train.batch_size, reference=reference,
                ref_store=store, desirable_weight=dw, undesirable_weight=uw, seed=cfg.train.seed,

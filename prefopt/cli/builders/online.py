@@ -39,7 +39,8 @@ def _prompts(cfg: TrainConfig, task, tokenizer):
     else:
         train = PromptSet.from_prompts(task.prompts("train", cfg.online.num_prompts, seed=cfg.train.seed),
                                        source=f"task {task.name}")
-        held_out = PromptSet.from_prompts(task.prompts("eval", cfg.data.eval_examples, seed=cfg.train.seed + 1),
+        # the task derives each split's own stream from the one base seed
+        held_out = PromptSet.from_prompts(task.prompts("eval", cfg.data.eval_examples, seed=cfg.train.seed),
                                           source=f"task {task.name}")
     stats = {"data/prompts_conversational": float(train.conversational),
              "data/bad_rows_skipped": float(train.skipped), "data/eval_bad_rows_skipped": float(held_out.skipped)}
@@ -61,17 +62,34 @@ def _reward(cfg: TrainConfig, task, required: bool = True):
                         combine=cfg.online.reward_combine, uwo_lambda=cfg.online.uwo_lambda)
 
 
-def _judge(cfg: TrainConfig):
+def _judge(cfg: TrainConfig, task=None):
+    """online.judge: 'module:function', or a preference source (lab, bt:, pairwise_model:, hedge;
+    see prefopt.cli.builders.selfplay) behind the same batched, validated interface."""
     if not cfg.online.judge:
         return None
-    from prefopt.rollout.scorers import resolve_judge
+    from prefopt.rollout.scorers import Judge, resolve_judge
+    from prefopt.cli.builders.selfplay import is_preference_spec, preference_judge
+    if is_preference_spec(cfg.online.judge):
+        judge = preference_judge(cfg, task, cfg.online.judge, cfg.online.judge_options)
+        return Judge(judge, judge.name, on_error=cfg.online.on_reward_error)
     return resolve_judge(cfg.online.judge, options=cfg.online.judge_options, on_error=cfg.online.on_reward_error)
 
 
-def _reference(cfg: TrainConfig, model, needed: bool):
+def _with_lab_eval(algo, exp, task, model, judge):
+    """A learning judge (Hedge) checkpointed and logged with the recipe; on a lab task with a gold
+    judge (reviews_rps) evaluation adds exploitability and the win rate vs the initial policy."""
+    from prefopt.cli.builders.selfplay import attach_judge, selfplay_evaluator
+    if judge is not None:
+        attach_judge(algo, judge.fn)
+    algo._evaluate = selfplay_evaluator(exp, task, model)
+    return algo
+
+
+def _reference(cfg: TrainConfig, model, needed: bool, make=None):
     """The initial policy as reference per ``algo.reference`` (copy, or lora: adapters disabled).
 
-    ``needed``: the loss uses it (else it only serves evaluation KL and may be absent)."""
+    ``needed``: the loss uses it (else it only serves evaluation KL and may be absent);
+    ``make(kind, model)`` makes the module (default ``reference_module``; a recipe shares one)."""
     from prefopt.models.reference import reference_module
 
     kind = cfg.algo.reference
@@ -84,7 +102,7 @@ def _reference(cfg: TrainConfig, model, needed: bool):
                               "(KL penalty or a reference-based loss); set online.kl_coef: 0 / a reference-free "
                               "loss, or algo.reference: copy")
         return None
-    return reference_module(kind, model)
+    return (make or reference_module)(kind, model)
 
 
 def _sampling(cfg: TrainConfig, k: int):
@@ -137,20 +155,24 @@ def _stats(exp, extra: dict) -> dict:
 
 
 def build_policy_gradient(cfg: TrainConfig, model, tokenizer) -> tuple[Algorithm, dict]:
-    return policy_gradient_recipe(cfg, model, tokenizer)
+    from prefopt.cli.builders.selfplay import hedge_reward_draw
+    return policy_gradient_recipe(cfg, model, tokenizer, draw=hedge_reward_draw(cfg, _task(cfg)))
 
 
-def policy_gradient_recipe(cfg: TrainConfig, model, tokenizer, *, prompts=None, draw=None, name=None):
+def policy_gradient_recipe(cfg: TrainConfig, model, tokenizer, *, prompts=None, draw=None, name=None,
+                           make_reference=None, reward_required: bool = True):
     """The policy-gradient recipe of preset ``cfg.algo.name``; ``prompts`` = (texts, raw) replaces the
     configured prompts (no held-out split then), ``draw(experience)`` makes the rollout draw
-    (dataset resets), and ``mix.path`` adds a scheduled offline source."""
+    (dataset resets), and ``mix.path`` adds a scheduled offline source. ``reward_required``: False when
+    the draw makes its own rewards (spo), so the configured reward is optional (logged when given)."""
     from prefopt.models.value import attach_value_head
     from prefopt.train.algorithms.online import PolicyGradient, resolve_settings
 
     settings = resolve_settings(cfg.algo.name, cfg.online)
     task = _task(cfg)
-    reward = _reward(cfg, task)
-    reference = _reference(cfg, model, settings.kl_coef > 0) if settings.kl_coef > 0 or cfg.online.eval_kl else None
+    reward = _reward(cfg, task, required=reward_required)
+    reference = (_reference(cfg, model, settings.kl_coef > 0, make_reference)
+                 if settings.kl_coef > 0 or cfg.online.eval_kl else None)
     k = settings.num_generations
     if prompts is None:
         exp = _experience(cfg, model, tokenizer, k=k, reward=reward, reference=reference, task=task)
@@ -206,7 +228,7 @@ def _pairwise_loss(cfg: TrainConfig):
 
 
 @register("online_dpo")
-def build_online_dpo(cfg: TrainConfig, model, tokenizer) -> tuple[Algorithm, dict]:
+def build_online_dpo(cfg: TrainConfig, model, tokenizer, make_reference=None) -> tuple[Algorithm, dict]:
     from prefopt.train.algorithms.online_pref import OnlineDPO
 
     if cfg.online.num_generations not in (None, 2):
@@ -214,10 +236,10 @@ def build_online_dpo(cfg: TrainConfig, model, tokenizer) -> tuple[Algorithm, dic
                           f"(got {cfg.online.num_generations})")
     loss_fn, hparams = _pairwise_loss(cfg)
     task = _task(cfg)
-    judge = _judge(cfg)
+    judge = _judge(cfg, task)
     reward = _reward(cfg, task, required=judge is None)
     needs_ref = not getattr(loss_fn, "reference_free", False)
-    reference = _reference(cfg, model, needs_ref) if needs_ref or cfg.online.eval_kl else None
+    reference = _reference(cfg, model, needs_ref, make_reference) if needs_ref or cfg.online.eval_kl else None
     if cfg.mix.path and cfg.mix.term == "pairwise" and needs_ref and reference is None:
         raise ConfigError("algo.reference: offline pairs mixed into online_dpo need a reference model")
     exp = _experience(cfg, model, tokenizer, k=2, reward=reward, reference=reference, task=task)
@@ -228,7 +250,7 @@ def build_online_dpo(cfg: TrainConfig, model, tokenizer) -> tuple[Algorithm, dic
     if cfg.mix.path:
         algo.term.reference = reference if needs_ref else None  # offline pairs get their reference pass here
         algo = _mixed(cfg, tokenizer, algo, budget=cfg.online.prompts_per_step)
-    return algo, exp.stats
+    return _with_lab_eval(algo, exp, task, model, judge), exp.stats
 
 
 def _rounds_kwargs(cfg: TrainConfig) -> dict:
@@ -249,8 +271,10 @@ def build_iterative_dpo(cfg: TrainConfig, model, tokenizer) -> tuple[Algorithm, 
     reward = _reward(cfg, task)
     reference = _reference(cfg, model, False) if cfg.online.eval_kl else None
     exp = _experience(cfg, model, tokenizer, k=kw["num_generations"], reward=reward, reference=reference, task=task)
-    return IterativeDPO(exp, loss_fn=loss_fn, beta=cfg.algo.beta, hparams=hparams, judge=_judge(cfg),
-                        prefix_sharing=cfg.perf.prefix_sharing, padding_free=cfg.perf.padding_free, **kw), exp.stats
+    judge = _judge(cfg, task)
+    algo = IterativeDPO(exp, loss_fn=loss_fn, beta=cfg.algo.beta, hparams=hparams, judge=judge,
+                        prefix_sharing=cfg.perf.prefix_sharing, padding_free=cfg.perf.padding_free, **kw)
+    return _with_lab_eval(algo, exp, task, model, judge), exp.stats
 
 
 @register("raft")

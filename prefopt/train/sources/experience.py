@@ -16,6 +16,7 @@ from prefopt.errors import ConfigError
 from prefopt.rollout.engine import SamplingConfig, generate
 from prefopt.rollout.scorers import RewardOutput, WeightedReward
 from prefopt.rollout.text import decode_responses, encode_prompts
+from prefopt.seeding import ROLLOUT_CALL, ROLLOUT_EVAL, ROLLOUT_PROMPT, derive_seed
 from prefopt.train.sampler import EpochSampler
 from prefopt.types import Sampled
 
@@ -81,12 +82,13 @@ class Experience:
 
     def _seeds(self, indices: list[int], eval_split: bool) -> list[int]:
         if eval_split:
-            return [self.seed * 7919 + 104729 + i for i in indices]  # same samples every evaluation
+            return [derive_seed(self.seed, ROLLOUT_EVAL, i) for i in indices]  # same samples every evaluation
         self.calls += 1
         # Keyed by the prompt's GLOBAL position in the call (every rank draws its share of one global
         # stream), so ranks sample differently and N ranks sample what 1 process does with N x the prompts.
         first = self.sampler.offset(len(indices))
-        return [(self.seed * 1_000_003 + self.calls) * 100_003 + first + j for j in range(len(indices))]
+        call = derive_seed(self.seed, ROLLOUT_CALL, self.calls)
+        return [derive_seed(call, ROLLOUT_PROMPT, first + j) for j in range(len(indices))]
 
     def sample(self, model, indices: list[int], k: int, *, greedy: bool = False, eval_split: bool = False,
                prompt_ids: list[list[int]] | None = None) -> Sampled:

@@ -18,6 +18,7 @@ import torch
 from prefopt.errors import ConfigError
 from prefopt.models.rollout_logps import batched_logps
 from prefopt.rollout.scorers import RewardOutput
+from prefopt.seeding import RESET_DRAW, derive_seed
 from prefopt.train.recipe import Several, Source
 from prefopt.train.sources.experience import Experience
 from prefopt.train.sources.offline import DatasetSource
@@ -136,7 +137,7 @@ class DatasetReset:
     def __call__(self, model, n_prompts: int, k: int) -> tuple[Sampled, RewardOutput]:
         indices = self.exp.next_prompts(n_prompts)
         self.calls += 1
-        gen = torch.Generator().manual_seed(self.seed * 1_000_033 + 7 * self.calls)  # resumable: (seed, calls)
+        gen = torch.Generator().manual_seed(derive_seed(self.seed, RESET_DRAW, self.calls))  # resumable: (seed, calls)
         skip = self.exp.sampler.offset(len(indices))  # draws of the ranks before this one (2 per response)
         if skip:
             torch.rand(2 * skip, generator=gen)

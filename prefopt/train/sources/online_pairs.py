@@ -17,6 +17,7 @@ from prefopt.data.tokenize import EncodedPair, collate_pairs
 from prefopt.errors import StopTraining, TrainingError
 from prefopt.models.lora import reference_pass
 from prefopt.rollout.scorers import Judge
+from prefopt.seeding import ONLINE_PREF_ROUND, derive_seed
 from prefopt.train.recipe import Source
 from prefopt.train.sampler import EpochSampler
 from prefopt.train.sources.experience import Experience, Throughput, mean
@@ -176,16 +177,17 @@ class RoundsSource(Source):
 
     def _new_round(self, model) -> None:
         sampled = self.exp.sample(model, self.exp.next_prompts(self.round_prompts), self.k)
-        out = self.exp.score(sampled)
-        rows = self.make_rows(model, sampled, out.total, self.counts)
+        out = self.exp.score(sampled) if self.exp.reward is not None else None  # a judge may label alone
+        rows = self.make_rows(model, sampled, out.total if out else None, self.counts)
         if not rows:
             raise TrainingError(f"round {self.round + 1}: no usable samples (every sample of every prompt got the "
-                                "same reward); raise rollout.temperature or online.num_generations")
+                                "same reward or preference); raise rollout.temperature or online.num_generations")
         self.round += 1
         self.round_step = 0
         self.rows = rows
-        self.sampler = _round_sampler(len(rows), self.seed * 1009 + self.round)
-        self.round_metrics = {**sample_metrics(sampled, out.total, out.components), "round": float(self.round),
+        self.sampler = _round_sampler(len(rows), derive_seed(self.seed, ONLINE_PREF_ROUND, self.round))
+        self.round_metrics = {**sample_metrics(sampled, out.total if out else None, out.components if out else None),
+                              "round": float(self.round),
                               "round/rows": float(len(rows))}
 
     def next_batches(self, model, num_micro: int) -> list[dict]:
@@ -215,7 +217,7 @@ class RoundsSource(Source):
         self.counts = dict(state["counts"])
         self.sampler = None
         if self.rows is not None:
-            self.sampler = _round_sampler(len(self.rows), self.seed * 1009 + self.round)
+            self.sampler = _round_sampler(len(self.rows), derive_seed(self.seed, ONLINE_PREF_ROUND, self.round))
             self.sampler.load_state_dict(state["sampler"])
 
 

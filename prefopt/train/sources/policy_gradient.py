@@ -17,6 +17,7 @@ from prefopt.losses.rl import (SEQUENCE_ESTIMATORS, AdaptiveKLController, explai
 from prefopt.models.rollout_logps import batched_logps
 from prefopt.rollout.ops import cat_rollouts, select_rows
 from prefopt.rollout.scorers import RewardOutput
+from prefopt.seeding import PPO_MINIBATCHES, derive_seed
 from prefopt.train.pg_settings import PGSettings
 from prefopt.train.recipe import Source
 from prefopt.train.sources.experience import Experience, Throughput, mean
@@ -236,7 +237,7 @@ class RolloutSource(Source):
         """epochs × minibatches, shuffled per epoch (deterministic)."""
         s = self.s
         self.rollouts += 1
-        gen = torch.Generator().manual_seed(self.seed * 7_368_787 + self.rollouts)
+        gen = torch.Generator().manual_seed(derive_seed(self.seed, PPO_MINIBATCHES, self.rollouts))
         self.schedule = []
         for epoch in range(s.epochs):
             order = torch.randperm(n, generator=gen) if (s.epochs > 1 or s.minibatches > 1) else torch.arange(n)
