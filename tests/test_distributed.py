@@ -57,7 +57,9 @@ def _config(out: Path, name: str, algo: str, pairs: Path, **over) -> dict:
     cfg = {"model": {"name_or_path": "tiny:llama-1m"},
            "data": {"task": "reviews", "path": str(pairs), "eval_examples": 4, "max_length": 64,
                     "max_prompt_length": 24},
-           "optim": {"lr": 1e-3},
+           # eps 1e-6 (AdamW's default 1e-8): an element whose gradient is float noise around 0 would make a
+           # lr-sized first step of either sign — in a 1-process run with accumulation as much as across ranks.
+           "optim": {"lr": 1e-3, "eps": 1e-6},
            "train": {"steps": 4, "batch_size": 4, "progress": False, "lr_schedule": "constant", "threads": 1,
                      "save_every": 2, "keep_checkpoints": 3},
            "algo": {"name": algo},
@@ -109,7 +111,7 @@ def runs(tmp_path_factory):
         "grpo_accum": _config(out, "grpo_accum", "grpo", pairs, online__prompts_per_step=4, train__grad_accum=2),
         "hypo_2b": _config(out, "hypo_2b", "hypo", pairs, train__batch_size=8, hypo__prompts_per_step=4),
         "hypo_accum": _config(out, "hypo_accum", "hypo", pairs, train__grad_accum=2, hypo__prompts_per_step=4),
-        "rpp_2b": _config(out, "rpp_2b", "reinforce_pp", pairs, online__prompts_per_step=4, optim__eps=1e-6),
+        "rpp_2b": _config(out, "rpp_2b", "reinforce_pp", pairs, online__prompts_per_step=4),
     }
     for cfg in local.values():
         _local(cfg)
@@ -117,7 +119,7 @@ def runs(tmp_path_factory):
             {"config": _config(out, "dpo_fsdp2", "dpo", pairs, dist__strategy="fsdp2")},
             {"config": _config(out, "grpo_ddp", "grpo", pairs)},
             {"config": _config(out, "hypo_ddp", "hypo", pairs)},
-            {"config": _config(out, "rpp_ddp", "reinforce_pp", pairs, optim__eps=1e-6)},
+            {"config": _config(out, "rpp_ddp", "reinforce_pp", pairs)},
             {"config": _config(out, "dpo_precomputed", "dpo", pairs, algo__reference="precomputed")},
             {"config": _config(out, "fail", "grpo", pairs, online__reward=[{"name": "dist_reward_fns:fails_on_rank_1"}]),
              "expect_error": str(out / "fail")}]
@@ -150,8 +152,6 @@ def test_two_ranks_equal_one_rank_with_twice_the_batch_and_with_accumulation(run
 def test_batch_whitening_and_reference_precompute_are_global(runs):
     out, _ = runs
     # REINFORCE++ whitens returns over the whole batch: over both ranks' tokens, not each rank's.
-    # (optim.eps=1e-6 in both runs: whitened advantages cancel on shared prompt tokens, and Adam's default
-    # eps would blow that float noise up to lr-sized steps in either run alike.)
     assert _max_diff(_weights(out / "rpp_ddp"), _weights(out / "rpp_2b")) < TOL
     # Each rank precomputes half the reference log-probs; gathered, they train as the live reference does.
     assert _max_diff(_weights(out / "dpo_precomputed"), _weights(out / "dpo_ddp")) < TOL
