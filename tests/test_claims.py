@@ -120,8 +120,9 @@ def test_every_claim_config_loads_and_names_known_sections():
         assert spec.arms, path
         for arm in spec.arms:
             if harness.availability(arm) is None and spec.base:  # runnable arms must be valid train configs
-                ctx = harness.SeedContext(0, False, Path("/tmp"), [arm], spec, 1)
-                from_dict(TrainConfig, ctx.train_dict(arm, {"model": {"name_or_path": "tiny:llama-1m"}}))
+                for quick in (False, True):  # from_dict validates, sections an algorithm ignores included
+                    ctx = harness.SeedContext(0, quick, Path("/tmp"), [arm], spec, 1)
+                    from_dict(TrainConfig, ctx.train_dict(arm, {"model": {"name_or_path": "tiny:llama-1m"}}))
 
 
 def _samples():
@@ -215,3 +216,29 @@ def test_token_budget_cut_and_nested_keys(tmp_path):
     cut = lab.cut_to_tokens(path, 9, WordTokenizer(), tmp_path / "cut.jsonl")
     assert [json.loads(x)["chosen"] for x in cut.read_text().splitlines()] == ["a b"]
     assert lab.nested("mixture.source.path", "x") == {"mixture": {"source": {"path": "x"}}}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_quick_hybrid_arm_runs_the_mixture(tmp_path):
+    """One hybrid arm end to end through the harness: the mixture at ρ = 0.5 draws half of each
+    step's 4 examples from the offline pairs (mix/offline_frac logged every step)."""
+    import torch
+
+    from prefopt.train.metrics import read_metrics
+
+    spec = importlib.util.spec_from_file_location("claim_mixture_ratio", CLAIMS / "mixture_ratio.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    threads = torch.get_num_threads()
+    try:
+        report = harness.run_claim(mod.CLAIM, ["--quick", "--seeds", "0", "--arms", "rho_0.5", "--out", str(tmp_path)],
+                                   log=lambda *_: None)
+    finally:
+        torch.set_num_threads(threads)
+    assert report["arms"]["rho_0.5"]["status"] == "ran"
+    assert report["arms"]["rho_0"]["status"] == "not selected (--arms)"
+    assert report["verdict"] == NOT_MEASURED  # the rule's other arms (ρ = 0, ρ = 1) did not run
+    steps = [m for m in read_metrics(tmp_path / "seed0" / "rho_0.5" / "metrics.jsonl") if "mix/offline_frac" in m]
+    assert len(steps) == 2 and all(m["mix/offline_frac"] == 0.5 for m in steps)
+    assert -1.0 <= report["summary"]["rho_0.5"]["gold_reward"]["mean"] <= 1.0

@@ -46,7 +46,7 @@ def run_seed(ctx: SeedContext) -> SeedResult:
         data = ctx.train_dict(arm, {"model": {"name_or_path": str(sft_path)}, "output_dir": str(ctx.work_dir),
                                     "run_name": arm.name,
                                     "train": {"seed": ctx.seed, "threads": ctx.threads, "progress": False}})
-        run = run_train(from_dict(TrainConfig, data))
+        run = run_train(from_dict(TrainConfig, data), overwrite=True)  # this claim run's own folder
         k = data["online"]["eval_num_samples"]
         evals = [m for m in read_metrics(run.run_dir / "metrics.jsonl") if "eval/gold/correct" in m]
         arms["sft"] = {**_figures(evals[0], k), "kl_to_sft": 0.0}

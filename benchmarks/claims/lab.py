@@ -157,7 +157,7 @@ def train_arm(ctx: SeedContext, arm: Arm, runtime: dict, evaluator) -> dict:
         return final
 
     t0 = time.perf_counter()
-    run = run_train(cfg, evaluators=[evaluate])
+    run = run_train(cfg, evaluators=[evaluate], overwrite=True)  # the arm's folder is this claim run's own output
     result = {**final, "train_s": round(time.perf_counter() - t0, 1), "steps": run.result.steps,
               "sampled_tokens": sampled_tokens(run.run_dir)}
     ctx.log(f"  {arm.name:>14s}: " + "  ".join(f"{k} {result[k]:.3f}" for k in ("gold_reward", "win_rate_vs_sft", "kl_to_sft"))
@@ -169,9 +169,10 @@ def run_arms(ctx: SeedContext, sft_path: Path, datasets: dict[str, Path], evalua
     """Train every arm of ``ctx`` from the SFT start, in the YAML's order.
 
     ``data: NAME`` gives an arm ``datasets[NAME]`` at the config key ``data_key`` (default
-    ``data.path``; e.g. a mixture's offline source may take it elsewhere); ``token_budget_of: OTHER``
-    then keeps only the first pairs whose response tokens add up to at most what arm OTHER (run
-    before it) sampled.
+    ``data.path``; e.g. a mixture's offline source takes it at ``mix.path``); ``nonempty: COLUMN``
+    first drops the rows whose COLUMN is an empty response (DR-PO refuses to reset from one);
+    ``token_budget_of: OTHER`` then keeps only the first pairs whose response tokens add up to at
+    most what arm OTHER (run before it) sampled.
     """
     results: dict[str, dict] = {}
     for arm in ctx.arms:
@@ -182,6 +183,8 @@ def run_arms(ctx: SeedContext, sft_path: Path, datasets: dict[str, Path], evalua
             if source not in datasets:
                 raise ValueError(f"arm '{arm.name}': data '{source}' is not one of this claim's data sets {sorted(datasets)}")
             path = datasets[source]
+            if arm.options.get("nonempty"):
+                path = drop_empty(path, arm.options["nonempty"], ctx.work_dir / f"data-{arm.name}.jsonl")
             other = arm.options.get("token_budget_of")
             if other is not None:
                 if other not in results:
@@ -208,6 +211,12 @@ def _row_tokens(row: dict, tokenizer) -> int:
     """Sampled tokens of a pair's two responses, each with the end-of-sequence token that ended it
     (as a rollout's ``rollout/response_length`` counts it)."""
     return sum(len(tokenizer(row[k], add_special_tokens=False).input_ids) + 1 for k in ("chosen", "rejected"))
+
+
+def drop_empty(path: Path, column: str, out: Path) -> Path:
+    """The rows of a JSONL whose ``column`` is a non-empty (after stripping) string."""
+    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    return write_rows(out, [r for r in rows if isinstance(r.get(column), str) and r[column].strip()])
 
 
 def cut_to_tokens(path: Path, budget: float, tokenizer, out: Path) -> Path:

@@ -61,7 +61,7 @@ def run_seed(ctx: SeedContext) -> SeedResult:
                                     "train": {"seed": ctx.seed, "threads": ctx.threads, "progress": False}})
         key = json.dumps({k: v for k, v in data.items() if k != "run_name"}, sort_keys=True)
         if key not in trained:
-            run = run_train(from_dict(TrainConfig, data))
+            run = run_train(from_dict(TrainConfig, data), overwrite=True)  # this claim run's own folder
             scorer = load_scorer(run.result.final_checkpoint / "model", tokenizer=tokenizer)
             members = scorer.member_rewards(samples.prompts, samples.texts)
             trained[key] = (members, run.result.eval_metrics.get("accuracy"), run.result.seconds)

@@ -152,6 +152,9 @@ def cmd_train(args) -> int:
         if exc.filename is not None or isinstance(exc, PrefoptError):
             raise
         raise output_error(exc, run_dir) from exc  # e.g. a full disk: name the run being written
+    from prefopt.dist import current
+    if not current().is_main:  # under torchrun, rank 0 reports
+        return 0
     print(f"run: {out.run_dir}  steps: {out.result.steps}  final checkpoint: {out.result.final_checkpoint}")
     for k, v in sorted(out.result.eval_metrics.items()):
         print(f"  eval/{k}: {v:.4f}")
@@ -284,8 +287,17 @@ def main(argv: list[str] | None = None) -> int:
     except (PrefoptError, OSError) as exc:  # OSError: e.g. a full disk under a path the OS names
         if args.debug:
             traceback.print_exc()
-        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        print(f"error: {_where()}{_one_line(exc)}", file=sys.stderr)
         return 2
+    finally:
+        from prefopt.dist import shutdown
+        shutdown()  # leave a torchrun process group, if one was joined
+
+
+def _where() -> str:
+    from prefopt.dist import current
+    rt = current()
+    return f"rank {rt.rank}: " if rt.distributed else ""
 
 
 def _one_line(exc: Exception) -> str:

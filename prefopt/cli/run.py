@@ -1,6 +1,7 @@
 """Build everything a ``prefopt train`` config describes, then run the single loop."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -14,6 +15,8 @@ import yaml
 from prefopt.cli.builders import build_algorithm, build_model, finish_run
 from prefopt.cli.config import to_dict
 from prefopt.cli.resume import record_resume, resume_changes, saved_config
+from prefopt.dist import current, init_runtime
+from prefopt.dist.parallel import prepare_model
 from prefopt.errors import ConfigError
 from prefopt.models.loading import load_tokenizer
 from prefopt.models.tiny import is_tiny
@@ -24,6 +27,7 @@ from prefopt.tasks import get_task
 from prefopt.tasks.tokenizer import train_tokenizer
 from prefopt.train.checkpoint import checkpoint_step, select_resume_checkpoint
 from prefopt.train.config import TrainConfig
+from prefopt.train.distributed import NullLogger, checkpoint_world_size, per_rank_counts_for
 from prefopt.train.interrupt import GUARD
 from prefopt.train.loop import TrainResult, train
 from prefopt.train.metrics import MetricsLogger
@@ -81,9 +85,13 @@ def run_train(cfg: TrainConfig, *, resume: bool = False, run_dir: Path | None = 
 
     A new run needs an empty (or new) run directory unless ``overwrite``, which clears it first;
     ``resume`` continues the run from its newest intact checkpoint, accepting only the setting changes
-    of ``SAFE_ON_RESUME``. The run directory is locked for the whole run."""
+    of ``SAFE_ON_RESUME``. The run directory is locked for the whole run.
+
+    Under torchrun every rank calls this: it joins the process group (``cfg.dist``), draws its share
+    of the data, and rank 0 alone locks and writes the run directory."""
     check_config(cfg)  # configs built in code (demo, compare, tests) get the checks YAML configs get
-    run_dir = Path(run_dir) if run_dir else run_dir_for(cfg)
+    rt = init_runtime(cfg.dist)
+    run_dir = Path(rt.broadcast_object(str(run_dir) if run_dir else str(run_dir_for(cfg))))  # one name for all ranks
     if resume and overwrite:
         raise ConfigError("--resume and --overwrite exclude each other: continue the run or replace it")
     if resume and not run_dir.is_dir():
@@ -91,16 +99,42 @@ def run_train(cfg: TrainConfig, *, resume: bool = False, run_dir: Path | None = 
     if cfg.optim.name == "sophia" and cfg.model.attn_implementation in (None, "sdpa"):
         # Sophia's Hessian estimate backpropagates twice; SDPA kernels have no double backward.
         cfg.model.attn_implementation = "eager"
-    with GUARD, locked(run_dir):
-        ckpt, changes = None, {}
-        if resume:
-            ckpt = select_resume_checkpoint(run_dir, fallback=cfg.train.checkpoint_fallback)
-            saved = saved_config(ckpt, run_dir)
-            if saved is not None:
-                changes = resume_changes(saved, to_dict(cfg), checkpoint_step(ckpt))
-        else:
-            prepare_new_run(run_dir, overwrite=overwrite)
+    with GUARD, locked(run_dir) if rt.is_main else contextlib.nullcontext():
+        ckpt, changes, error = None, {}, None
+        try:  # rank 0 checks the run directory; every rank learns the outcome
+            if rt.is_main:
+                ckpt, changes = _open_run(cfg, run_dir, resume, overwrite)
+        except Exception as exc:
+            error = exc
+        rt.check_all(error)
+        ckpt = rt.broadcast_object(ckpt)
         return _build_and_train(cfg, run_dir, ckpt, changes, evaluators)
+
+
+def rollout_workers(cfg: TrainConfig, model, tokenizer, rt):
+    """Ray rollout workers per ``dist.rollout_workers`` (None: generate in this process)."""
+    if cfg.dist.rollout_workers == 0:
+        return None
+    if rt.sharded:
+        raise ConfigError("dist.rollout_workers: not supported with dist.strategy=fsdp2 (the workers need the full "
+                          "weights every update); use ddp")
+    from prefopt.dist.rollout_workers import RayRolloutWorkers
+    return RayRolloutWorkers(model, tokenizer, cfg.dist.rollout_workers, max_staleness=cfg.dist.max_staleness,
+                             threads=max(1, cfg.train.threads))
+
+
+def _open_run(cfg: TrainConfig, run_dir: Path, resume: bool, overwrite: bool) -> tuple[Path | None, dict]:
+    """(checkpoint to resume or None, setting changes on resume); a new run's directory made ready."""
+    if not resume:
+        prepare_new_run(run_dir, overwrite=overwrite)
+        return None, {}
+    ckpt = select_resume_checkpoint(run_dir, fallback=cfg.train.checkpoint_fallback)
+    saved = saved_config(ckpt, run_dir)
+    if saved is None:
+        return ckpt, {}
+    requested = to_dict(cfg)
+    saved = per_rank_counts_for(saved, requested, checkpoint_world_size(ckpt), current().world_size)
+    return ckpt, resume_changes(saved, requested, checkpoint_step(ckpt))
 
 
 def _build_and_train(cfg: TrainConfig, run_dir: Path, ckpt: Path | None, changes: dict, evaluators) -> RunOutput:
@@ -108,15 +142,19 @@ def _build_and_train(cfg: TrainConfig, run_dir: Path, ckpt: Path | None, changes
     tokenizer = resolve_tokenizer(cfg)
     model = build_model(cfg, tokenizer)  # the policy (LoRA applied per cfg.lora) or e.g. a reward model
     with Precision(cfg.train.precision, device_type_of(model)).autocast():  # a precomputed reference: same numerics
-        algorithm, stats = build_algorithm(cfg, model, tokenizer)
+        algorithm, stats = build_algorithm(cfg, model, tokenizer)  # references copy the model before it is sharded
+    rt = current()
+    model = prepare_model(model, rt)
     optimizer = build_optimizer(model, cfg.optim)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    write_environment(run_dir)  # versions, CPU, threads: what `prefopt report` shows
-    if ckpt is not None:
-        record_resume(run_dir, ckpt, checkpoint_step(ckpt), changes)
+    rt.generator = rollout_workers(cfg, model, tokenizer, rt)
     resume = ckpt is not None
-    logger = MetricsLogger(run_dir, tensorboard=cfg.train.tensorboard, wandb_project=cfg.train.wandb_project,
-                           run_name=run_dir.name, config=to_dict(cfg), resume=resume)
+    if rt.is_main:
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        write_environment(run_dir)  # versions, CPU, threads: what `prefopt report` shows
+        if resume:
+            record_resume(run_dir, ckpt, checkpoint_step(ckpt), changes)
+    logger = (MetricsLogger(run_dir, tensorboard=cfg.train.tensorboard, wandb_project=cfg.train.wandb_project,
+                            run_name=run_dir.name, config=to_dict(cfg), resume=resume) if rt.is_main else NullLogger())
     try:
         if stats and not resume:
             logger.log({"step": 0, **stats})
@@ -125,5 +163,10 @@ def _build_and_train(cfg: TrainConfig, run_dir: Path, ckpt: Path | None, changes
                        evaluators=evaluators)
     finally:
         logger.close()
-    finish_run(cfg, model, tokenizer, run_dir, result)  # e.g. a merged LoRA model
+        if rt.generator is not None:
+            rt.generator.close()
+            rt.generator = None
+    if rt.is_main:
+        finish_run(cfg, model, tokenizer, run_dir, result)  # e.g. a merged LoRA model
+    rt.barrier()
     return RunOutput(run_dir, result, stats, optimizer)

@@ -7,10 +7,11 @@ real response tokens. ``group`` is (N,) ids of the prompt each row was sampled f
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 
-from prefopt.losses.reductions import masked_mean, masked_var
+from prefopt.losses.reductions import masked_mean, masked_sum, masked_var
 from prefopt.types import LossOutput
 
 Tensor = torch.Tensor
@@ -81,11 +82,19 @@ def is_all_equal_group(rewards: Tensor, group: Tensor) -> Tensor:
 # ---------------------------------------------------------------------------------------
 # Token-level advantages
 # ---------------------------------------------------------------------------------------
-def whiten(x: Tensor, mask: Tensor, shift_mean: bool = True, eps: float = 1e-8) -> Tensor:
+def whiten(x: Tensor, mask: Tensor, shift_mean: bool = True, eps: float = 1e-8,
+           total: Callable[[Tensor], Tensor] | None = None) -> Tensor:
     """(x - mean) / std over unmasked entries of the whole batch (population std).
-    x, mask (N, L) -> (N, L), zero where masked. shift_mean=False keeps the mean (scale only)."""
-    mean = masked_mean(x, mask)
-    scaled = (x - mean) * torch.rsqrt(masked_var(x, mask) + eps)
+    x, mask (N, L) -> (N, L), zero where masked. shift_mean=False keeps the mean (scale only).
+    ``total`` sums a tensor over data-parallel ranks, so the statistics are those of the global batch."""
+    if total is None:
+        mean, var = masked_mean(x, mask), masked_var(x, mask)
+    else:
+        s = total(torch.stack([masked_sum(x, mask), mask.to(x.dtype).sum()]))
+        count = s[1].clamp(min=1)
+        mean = s[0] / count
+        var = total(masked_sum((x - mean) ** 2, mask).reshape(1))[0] / count
+    scaled = (x - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         scaled = scaled + mean
     return torch.where(mask.to(torch.bool), scaled, torch.zeros_like(scaled))
@@ -102,11 +111,12 @@ def discounted_returns(token_rewards: Tensor, mask: Tensor, gamma: float = 1.0) 
     return returns
 
 
-def reinforce_pp_advantages(token_rewards: Tensor, mask: Tensor, gamma: float = 1.0) -> Tensor:
+def reinforce_pp_advantages(token_rewards: Tensor, mask: Tensor, gamma: float = 1.0,
+                            total: Callable[[Tensor], Tensor] | None = None) -> Tensor:
     """REINFORCE++ (Hu 2025): returns-to-go, then whitened over all masked tokens of the
     batch (global, not per group). token_rewards typically holds the sequence reward on the
     last token plus per-token -β·KL. (N, L), (N, L) -> (N, L)."""
-    return whiten(discounted_returns(token_rewards, mask, gamma), mask)
+    return whiten(discounted_returns(token_rewards, mask, gamma), mask, total=total)
 
 
 def gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float,
@@ -161,9 +171,9 @@ def remax_estimator(*, rewards: Tensor, mask: Tensor, baseline: Tensor, **_) -> 
 
 
 def reinforce_pp_estimator(*, token_rewards: Tensor, mask: Tensor, gamma: float = 1.0,
-                           **_) -> tuple[Tensor, None]:
-    """Globally whitened returns-to-go (:func:`reinforce_pp_advantages`)."""
-    return reinforce_pp_advantages(token_rewards, mask, gamma), None
+                           total: Callable[[Tensor], Tensor] | None = None, **_) -> tuple[Tensor, None]:
+    """Globally whitened returns-to-go (:func:`reinforce_pp_advantages`); ``total`` sums over ranks."""
+    return reinforce_pp_advantages(token_rewards, mask, gamma, total), None
 
 
 def gae_estimator(*, token_rewards: Tensor, mask: Tensor, values: Tensor, gamma: float = 1.0,

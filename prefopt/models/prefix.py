@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import torch
 
+from prefopt.dist import current
 from prefopt.data.batching import PackedLayout
 
 # Model types whose causal-LM head is exactly ``lm_head(final_hidden_state)`` (with the softcapping
@@ -148,8 +149,10 @@ def _layout_token_logps(model, layout: PackedLayout, chunk_elems: int, ent: list
     config = lm.config
     backbone = getattr(lm, "base_model", None)
     head = lm.get_output_embeddings() if hasattr(lm, "get_output_embeddings") else None
+    # FSDP2 gathers a module's weights in its own forward: calling the backbone and head directly would
+    # skip the root's gather (embeddings, head) and its gradient reduction, so a sharded model goes through forward.
     fast = (getattr(config, "model_type", None) in _PLAIN_HEAD and backbone is not None and backbone is not lm
-            and isinstance(head, torch.nn.Linear))
+            and isinstance(head, torch.nn.Linear) and not current().sharded)
     if fast:
         hidden = backbone(input_ids=layout.input_ids, attention_mask=mask, position_ids=layout.position_ids,
                           use_cache=False).last_hidden_state

@@ -20,6 +20,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from prefopt.dist import current
 from prefopt.errors import ConfigError
 from prefopt.models.lora import AdapterDisabledReference, adapters_disabled, is_peft
 
@@ -108,31 +109,54 @@ def cached_reference(model: torch.nn.Module, rows: Sequence, *, fields: Sequence
         return PrecomputedReference({n: torch.zeros(0) for n in names})
     key = f"{kind}-{model_fingerprint(model)}-{data_fingerprint(rows, fields)}"
     path = (cache_dir or default_cache_dir()) / "reference_logps" / f"{key}.pt"
-    if use_cache and path.exists():
-        try:
-            stored = torch.load(path, weights_only=True)
-            if list(stored) == list(names) and all(v.shape[0] == len(rows) for v in stored.values()):
-                log.info("reference log-probs: reused %s", path)
-                return PrecomputedReference(stored, path, from_cache=True)
-        except Exception as exc:  # a corrupt cache file is recomputed, not fatal
-            log.warning("reference log-probs: ignoring unreadable cache %s (%s)", path, exc)
+    stored = _read_cache(path, names, len(rows)) if use_cache and path.exists() else None
+    # Every rank computes (its share) unless every rank found the cache: one decision for all.
+    if current().all_reduce(torch.tensor([float(stored is not None)]), op="min").item() > 0:
+        log.info("reference log-probs: reused %s", path)
+        return PrecomputedReference(stored, path, from_cache=True)
     t0 = time.perf_counter()
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad(), adapters_disabled(model):
-            tensors = compute(model, rows)
+            tensors = sharded_compute(compute, model, rows)
     finally:
         model.train(was_training)
     values = {n: t.detach().float().cpu() for n, t in zip(names, tensors)}
     seconds = time.perf_counter() - t0
-    if use_cache:
+    if use_cache and current().is_main:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + f".tmp{os.getpid()}")
         torch.save(values, tmp)
         tmp.replace(path)
         log.info("reference log-probs: %d examples in %.1f s, cached at %s", len(rows), seconds, path)
     return PrecomputedReference(values, path if use_cache else None, from_cache=False, seconds=seconds)
+
+
+def _read_cache(path: Path, names: Sequence[str], n: int) -> dict | None:
+    try:
+        stored = torch.load(path, weights_only=True)
+        if list(stored) == list(names) and all(v.shape[0] == n for v in stored.values()):
+            return stored
+    except Exception as exc:  # a corrupt cache file is recomputed, not fatal
+        log.warning("reference log-probs: ignoring unreadable cache %s (%s)", path, exc)
+    return None
+
+
+def sharded_compute(compute: Callable, model, rows: Sequence) -> tuple[torch.Tensor, ...]:
+    """``compute(model, rows)`` with the rows spread over data-parallel ranks (rank r takes rows
+    r, r + W, ...) and the results gathered back into row order on every rank."""
+    rt = current()
+    if not rt.distributed:
+        return compute(model, rows)
+    share = list(rows[rt.rank::rt.world_size])
+    mine = [t.detach().float().cpu() for t in compute(model, share)] if share else []
+    parts = rt.all_gather_object(mine)
+    out = [torch.empty(len(rows)) for _ in max(parts, key=len)]
+    for r, part in enumerate(parts):
+        for full, piece in zip(out, part):
+            full[r::rt.world_size] = piece
+    return tuple(out)
 
 
 def _device(model) -> torch.device:

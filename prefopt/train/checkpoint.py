@@ -81,10 +81,11 @@ def optimizer_from_tree(tree: dict) -> dict:
 # ----------------------------------------------------------------------------- writing
 
 def save_checkpoint(run_dir: Path, step: int, model, tokenizer, trainer_state: dict, keep_last: int = 2,
-                    run_id: str = "") -> Path:
+                    run_id: str = "", model_state: dict | None = None) -> Path:
     """Write ``run_dir/checkpoint-<step>`` atomically; then prune this run's checkpoints (``run_id``)
     to the ``keep_last`` newest. ``trainer_state`` is a plain tree; its ``optimizer`` entry may be an
-    ``optimizer.state_dict()``. A failed write (e.g. a full disk) leaves no temporary folder behind."""
+    ``optimizer.state_dict()``. A failed write (e.g. a full disk) leaves no temporary folder behind.
+    ``model_state``: the full weights to save instead of ``model``'s own (an FSDP2-sharded model)."""
     run_dir = Path(run_dir)
     final = run_dir / f"checkpoint-{step}"
     tmp = run_dir / f".tmp-checkpoint-{step}"
@@ -95,7 +96,7 @@ def save_checkpoint(run_dir: Path, step: int, model, tokenizer, trainer_state: d
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
-        _write_contents(tmp, run_dir, model, tokenizer, state)
+        _write_contents(tmp, run_dir, model, tokenizer, state, model_state)
         _write_manifest(tmp, step, run_id)
         if final.exists():
             _remove(final)
@@ -113,11 +114,12 @@ def save_checkpoint(run_dir: Path, step: int, model, tokenizer, trainer_state: d
     return final
 
 
-def _write_contents(tmp: Path, run_dir: Path, model, tokenizer, state: dict) -> None:
+def _write_contents(tmp: Path, run_dir: Path, model, tokenizer, state: dict, model_state: dict | None) -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    model.save_pretrained(tmp / "model", safe_serialization=True)
+    model.save_pretrained(tmp / "model", safe_serialization=True,
+                          **({"state_dict": model_state} if model_state is not None else {}))
     if tokenizer is not None:
         tokenizer.save_pretrained(tmp / "model")
     save_tree(state, tmp, STATE_NAME)
@@ -314,17 +316,22 @@ def load_model_weights(model, ckpt: Path) -> None:
 
         set_peft_model_state_dict(model, load_file(model_dir / "adapter_model.safetensors"))
         return
-    from safetensors.torch import load_file
-
-    state = {}
-    for f in sorted(model_dir.glob("*.safetensors")):
-        state.update(load_file(f))
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing, unexpected = model.load_state_dict(read_model_state(ckpt), strict=False)
     # Tied weights (e.g. lm_head = embeddings) are saved once; anything else missing is an error.
     missing = [m for m in missing if m not in _tied_names(model)]
     if missing or unexpected:
         raise CheckpointError(f"checkpoint {ckpt} does not match the model: missing {missing[:5]}, "
                               f"unexpected {unexpected[:5]}")
+
+
+def read_model_state(ckpt: Path) -> dict:
+    """The full weights of a checkpoint's model (all its safetensors files)."""
+    from safetensors.torch import load_file
+
+    state = {}
+    for f in sorted((Path(ckpt) / "model").glob("*.safetensors")):
+        state.update(load_file(f))
+    return state
 
 
 def _tied_names(model) -> set[str]:

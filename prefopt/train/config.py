@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from prefopt.data.config import DataConfig
+from prefopt.dist.config import DistConfig
 from prefopt.errors import ConfigError
 from prefopt.models.config import LoraConfig, ModelConfig
 from prefopt.optim.config import OptimConfig
@@ -144,6 +145,8 @@ class TrainConfig:
         "Self-play / Nash presets (sppo, inpo, egpo, online_ipo, dno, selm, spo): the judge and each method's knobs.")})
     hedge: HedgeConfig = field(default_factory=HedgeConfig, metadata={"help": (
         "A Hedge ensemble of judges as the preference source (selfplay.judge or online.judge: hedge).")})
+    dist: DistConfig = field(default_factory=DistConfig, metadata={"help": (
+        "Data parallelism under torchrun (ddp or fsdp2; gloo on CPU, nccl on GPU); train.batch_size is per rank.")})
     output_dir: str = field(default="runs", metadata={"help": "Runs are written to <output_dir>/<run_name>."})
     run_name: str | None = field(default=None, metadata={"help": "Run folder name; default '<algo>-<timestamp>'."})
 

@@ -5,9 +5,14 @@ supplies ``grad_accum`` micro-batches; each term's summed loss is divided by tha
 summed over the step before ``backward``, and terms add with their weights (so accumulation
 equals one large batch per term); gradients are clipped; optimizer and scheduler step; metrics are logged;
 evaluation and checkpoints happen on schedule. SIGINT/SIGTERM save a resumable checkpoint.
+
+Under data parallelism (``prefopt.dist``) every rank runs this loop on its share of each batch;
+the step's units are all-reduced in ``step_units``, gradients summed, metrics reduced, and rank 0
+alone writes metrics and checkpoints (full state, see ``prefopt.train.distributed``).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import signal
@@ -19,12 +24,15 @@ from typing import Callable
 
 import torch
 
+from prefopt.dist import current
+from prefopt.dist.parallel import gathered, grad_norm_value, sync_gradients
 from prefopt.errors import StopTraining, TrainingError
 from prefopt.optim import needs_create_graph
 from prefopt.seeding import GLOBAL, derive_seed
 from prefopt.train.algorithms.base import Algorithm
 from prefopt.train.checkpoint import rng_state, set_rng_state
 from prefopt.train.config import LoopConfig
+from prefopt.train.distributed import NullLogger, reduce_step
 from prefopt.train.interrupt import GUARD, TrainingInterrupted
 from prefopt.train.metrics import MetricsLogger, last_eval, peak_rss_mib
 from prefopt.train.precision import FP32, Precision
@@ -66,9 +74,10 @@ def train(model: torch.nn.Module, algorithm: Algorithm, optimizer: torch.optim.O
     SIGINT and SIGTERM save the last completed step and raise :class:`TrainingInterrupted`.
     """
     run_dir = Path(run_dir)
-    with locked(run_dir), GUARD:
+    main = current().is_main  # under torchrun, rank 0 alone holds the run directory and writes to it
+    with locked(run_dir) if main else contextlib.nullcontext(), GUARD:
         own_logger = logger is None
-        logger = logger or MetricsLogger(run_dir, resume=bool(resume))
+        logger = logger or (MetricsLogger(run_dir, resume=bool(resume)) if main else NullLogger())
         try:
             return _train(model, algorithm, optimizer, cfg, run_dir, tokenizer, logger, resume, state_bytes_fn,
                           evaluators)
@@ -92,7 +101,7 @@ def _train(model, algorithm, optimizer, cfg, run_dir, tokenizer, logger, resume,
                       "on)", stacklevel=3)
         return TrainResult(start, run.final, {}, last_eval(getattr(logger, "path", "")), 0.0)
     params = [p for p in model.parameters() if p.requires_grad]
-    progress = _progress(cfg, start)
+    progress = _progress(cfg, start) if current().is_main else None
     last, eval_metrics = {}, {}
     t_start = time.perf_counter()
     step = start
@@ -187,25 +196,38 @@ def _one_step(model, algorithm: Algorithm, optimizer, scheduler, params, cfg: Lo
     out.update(record)
     out.update(earlier)
     out.update(precision.metrics())
-    out.update(algorithm.step_metrics())
+    out.update(current().mean_dicts(algorithm.step_metrics()))  # source metrics: mean over ranks
     return out
 
 
 def _one_pass(model, algorithm: Algorithm, optimizer, hook, phase: str, params, cfg: LoopConfig, step: int,
               precision: Precision) -> dict:
     """Sources make the batches → the hook → forward/backward per term → clip → optimizer step."""
-    with precision.autocast():  # the sources' forwards (reference, rollouts) in the step's precision too
-        plan = plan_step(algorithm, model, cfg.grad_accum)
+    rt = current()
+    plan, error = None, None
+    try:
+        with gathered(model, rt):  # FSDP2: sampling runs on gathered weights
+            with precision.autocast():  # the sources' forwards (reference, rollouts) in the step's precision
+                plan = plan_step(algorithm, model, cfg.grad_accum)
+    except Exception as exc:  # every rank learns of a failure (or a clean stop) on any rank
+        error = exc
+    rt.check_all(error)
     hook.before_forward(phase, model, optimizer)
     model.train()
-    units = step_units(plan)  # per term, summed over micro-batches (and ranks, there)
+    units = step_units(plan, rt.all_reduce if rt.distributed else None)  # per term, over micro-batches and ranks
     if sum(units.values()) <= 0:
         raise TrainingError(f"step {step}: the batches hold no training units")
-    sums, metrics, tokens = _accumulate(model, plan, units, needs_create_graph(optimizer), step, precision)
+    try:
+        sums, metrics, tokens = _accumulate(model, plan, units, needs_create_graph(optimizer), step, precision)
+    except Exception as exc:
+        error = exc
+    rt.check_all(error)
+    sync_gradients(params, rt)
+    sums, metrics, tokens = reduce_step(rt, sums, metrics, tokens)
     grad_norm = float("nan")
     precision.unscale(optimizer)
     if cfg.max_grad_norm > 0:
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
+        grad_norm = grad_norm_value(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
         if not math.isfinite(grad_norm) and precision.scaler is None:  # the fp16 scaler skips such a step
             raise TrainingError(f"non-finite gradient norm at step {step}; lower the learning rate")
     lr = optimizer.param_groups[0]["lr"]
@@ -250,9 +272,10 @@ def _accumulate(model, plan, units: dict[str, float], create_graph: bool, step: 
 
 
 def _evaluate(model, algorithm: Algorithm, logger: MetricsLogger, step: int, evaluators, logged=None) -> dict:
-    metrics = algorithm.evaluate(model)
-    for evaluator in evaluators or []:
-        metrics.update(evaluator(model))
+    with gathered(model, current()):  # every rank evaluates the same held-out data; rank 0 logs
+        metrics = algorithm.evaluate(model)
+        for evaluator in evaluators or []:
+            metrics.update(evaluator(model))
     with GUARD.critical():  # the record and the state that follows it go together
         if metrics:
             logger.log({"step": step, **{f"eval/{k}": v for k, v in metrics.items()}})

@@ -11,7 +11,7 @@ from typing import Any
 
 from prefopt.errors import ConfigError
 
-BASE_SECTIONS = ("model", "data", "optim", "train", "algo", "lora")
+BASE_SECTIONS = ("model", "data", "optim", "train", "algo", "lora", "dist")
 ONLINE_SECTIONS = BASE_SECTIONS + ("perf", "rollout", "online")
 SELFPLAY_SECTIONS = ONLINE_SECTIONS + ("selfplay", "hedge")
 

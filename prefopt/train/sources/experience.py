@@ -11,6 +11,7 @@ import dataclasses
 import time
 from typing import Any
 
+from prefopt.dist import current
 from prefopt.errors import ConfigError
 from prefopt.rollout.engine import SamplingConfig, generate
 from prefopt.rollout.scorers import RewardOutput, WeightedReward
@@ -83,8 +84,11 @@ class Experience:
         if eval_split:
             return [derive_seed(self.seed, ROLLOUT_EVAL, i) for i in indices]  # same samples every evaluation
         self.calls += 1
+        # Keyed by the prompt's GLOBAL position in the call (every rank draws its share of one global
+        # stream), so ranks sample differently and N ranks sample what 1 process does with N x the prompts.
+        first = self.sampler.offset(len(indices))
         call = derive_seed(self.seed, ROLLOUT_CALL, self.calls)
-        return [derive_seed(call, ROLLOUT_PROMPT, j) for j in range(len(indices))]
+        return [derive_seed(call, ROLLOUT_PROMPT, first + j) for j in range(len(indices))]
 
     def sample(self, model, indices: list[int], k: int, *, greedy: bool = False, eval_split: bool = False,
                prompt_ids: list[list[int]] | None = None) -> Sampled:
@@ -96,7 +100,8 @@ class Experience:
         cfg = dataclasses.replace(self.sampling, num_samples=k, **({"temperature": 0.0} if greedy else {}))
         seeds = self._seeds(indices, eval_split)
         t0 = time.perf_counter()
-        rollout = generate(model, prompt_ids if prompt_ids is not None else [ids[i] for i in indices], cfg,
+        engine = current().generator or generate  # e.g. Ray rollout workers
+        rollout = engine(model, prompt_ids if prompt_ids is not None else [ids[i] for i in indices], cfg,
                            pad_token_id=self.pad_id, eos_token_id=self.eos_id, tokenizer=self.tokenizer, seeds=seeds)
         seconds = time.perf_counter() - t0
         prompts, raws = [texts[i] for i in indices], [raw[i] for i in indices]

@@ -138,6 +138,9 @@ class DatasetReset:
         indices = self.exp.next_prompts(n_prompts)
         self.calls += 1
         gen = torch.Generator().manual_seed(derive_seed(self.seed, RESET_DRAW, self.calls))  # resumable: (seed, calls)
+        skip = self.exp.sampler.offset(len(indices))  # draws of the ranks before this one (2 per response)
+        if skip:
+            torch.rand(2 * skip, generator=gen)
         prompts = [self.exp.prompt_ids[i] for i in indices]
         rooms = [max(0, self.max_prompt_tokens - len(p)) for p in prompts]
         lengths = reset_lengths([min(len(self.responses[i]), room + 1) for i, room in zip(indices, rooms)],

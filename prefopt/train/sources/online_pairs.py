@@ -185,7 +185,7 @@ class RoundsSource(Source):
         self.round += 1
         self.round_step = 0
         self.rows = rows
-        self.sampler = EpochSampler(len(rows), derive_seed(self.seed, ONLINE_PREF_ROUND, self.round), shuffle=True)
+        self.sampler = _round_sampler(len(rows), derive_seed(self.seed, ONLINE_PREF_ROUND, self.round))
         self.round_metrics = {**sample_metrics(sampled, out.total if out else None, out.components if out else None),
                               "round": float(self.round),
                               "round/rows": float(len(rows))}
@@ -217,6 +217,10 @@ class RoundsSource(Source):
         self.counts = dict(state["counts"])
         self.sampler = None
         if self.rows is not None:
-            self.sampler = EpochSampler(len(self.rows), derive_seed(self.seed, ONLINE_PREF_ROUND, self.round),
-                                        shuffle=True)
+            self.sampler = _round_sampler(len(self.rows), derive_seed(self.seed, ONLINE_PREF_ROUND, self.round))
             self.sampler.load_state_dict(state["sampler"])
+
+
+def _round_sampler(n: int, seed: int) -> EpochSampler:
+    """A round's rows come from this rank's own prompts: its order is not sharded again."""
+    return EpochSampler(n, seed, shuffle=True, rank=0, world_size=1)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from prefopt.dist import current
 from prefopt.errors import StopTraining, TrainingError
 from prefopt.losses.reductions import masked_mean, masked_sum
 from prefopt.losses.rl import (SEQUENCE_ESTIMATORS, AdaptiveKLController, explained_variance,
@@ -87,6 +88,15 @@ class RolloutSource(Source):
         self.step_counts[key] = self.step_counts.get(key, 0) + value
 
     def _new_buffer(self, model) -> None:
+        error, kept = None, []
+        try:
+            kept = self._draw_kept(model)
+        except Exception as exc:  # the buffer's global statistics below are collectives: agree first
+            error = exc
+        current().check_all(error)
+        self._build(model, kept)
+
+    def _draw_kept(self, model) -> list:
         s = self.s
         skipped, dropped, groups_kept = 0, 0, 0
         kept: list[tuple[Sampled, RewardOutput, torch.Tensor | None]] = []
@@ -120,7 +130,7 @@ class RolloutSource(Source):
                 raise StopTraining(message + f" after {self.rollouts} rollout batches")
             raise TrainingError(message + "; raise rollout.temperature or online.num_generations, or check the "
                                 "reward (online.reward)")
-        self._build(model, kept)
+        return kept
 
     def _all_zero(self, rewards: torch.Tensor, group: torch.Tensor, baseline) -> bool:
         """True when the reward carries no signal for this estimator (KL terms aside)."""
@@ -155,11 +165,13 @@ class RolloutSource(Source):
         token_rewards = -beta * kl_tok
         token_rewards[torch.arange(len(R)), last] += R
         seq_rewards = R - beta * kl_tok.sum(-1) if s.estimator in SEQUENCE_ESTIMATORS else R
+        rt = current()
+        total = rt.all_reduce if rt.distributed else None  # batch-wide statistics are global-batch ones
         adv, returns = get_advantage_estimator(s.estimator)(
             rewards=seq_rewards, token_rewards=token_rewards, mask=mask, group=rollout.group, values=old_values,
-            baseline=baseline, gamma=s.gamma, lam=s.lam, normalize_std=s.normalize_std)
+            baseline=baseline, gamma=s.gamma, lam=s.lam, normalize_std=s.normalize_std, total=total)
         if s.whiten_advantages:
-            adv = whiten(adv, mask)
+            adv = whiten(adv, mask, total=total)
         if returns is not None:
             m["value/explained_variance"] = float(explained_variance(old_values, returns, mask))
             m["value/mean"] = float(masked_mean(old_values, mask))
@@ -168,8 +180,10 @@ class RolloutSource(Source):
                               ref_logps if not s.kl_in_reward else None, returns, old_values)
         m.update(self._rollout_metrics(rollout, R, adv, token_rewards, kept))
         self.buffer_metrics = m
-        if self.kl_ctl is not None and "kl" in m:
-            self.kl_coef = self.kl_ctl.update(m["kl"], len(R))
+        if self.kl_ctl is not None and "kl" in m:  # the controller follows the KL of the global batch
+            m["kl"] = rt.weighted_mean(m["kl"], len(R))
+            n = int(rt.all_reduce(torch.tensor([len(R)], dtype=torch.float64)).item())
+            self.kl_coef = self.kl_ctl.update(m["kl"], n)
         self._schedule(len(R))
 
     def _logps(self, model, rollout):
