@@ -123,3 +123,19 @@ def test_pass_fail_objectives_are_objectives_scoring_0_or_1():
             gold = task.gold(prompts, ["12", "x", "", "-3", "7", "100", "0", "5"])
             assert all(v in (0.0, 1.0) for k in task.pass_fail for v in gold[k]), name
     assert get_task("arithmetic").pass_fail == ("correct", "format")
+
+
+def test_task_tokenizer_cache_key_follows_the_corpus(monkeypatch, tmp_path):
+    """A cached tokenizer is reused only for the same corpus: a stale cache must not outlive a change
+    of the task's text or seeds (a fresh checkout would build another tokenizer)."""
+    import prefopt.cli.run as run
+    from prefopt.tasks.reviews import ReviewsTask
+
+    monkeypatch.setenv("PREFOPT_CACHE", str(tmp_path))
+    run._tokenizer_key.cache_clear(), run._tokenizer_corpus.cache_clear()
+    run.task_tokenizer("reviews", {})
+    monkeypatch.setattr(ReviewsTask, "tokenizer_corpus", lambda self: ["a changed corpus"] * 50)
+    run._tokenizer_key.cache_clear(), run._tokenizer_corpus.cache_clear()
+    run.task_tokenizer("reviews", {})
+    run._tokenizer_key.cache_clear(), run._tokenizer_corpus.cache_clear()
+    assert len(list((tmp_path / "tokenizers").glob("reviews-*"))) == 2

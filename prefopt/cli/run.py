@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -38,15 +39,29 @@ def cache_dir() -> Path:
     return Path(os.environ.get("PREFOPT_CACHE", Path.home() / ".cache" / "prefopt"))
 
 
+@functools.lru_cache(maxsize=None)
+def _tokenizer_corpus(task_name: str, options: str) -> tuple[str, ...]:
+    return tuple(get_task(task_name, **json.loads(options)).tokenizer_corpus())
+
+
+@functools.lru_cache(maxsize=None)  # the corpus takes ~1 s to make: once per process and task
+def _tokenizer_key(task_name: str, options: str, vocab_size: int) -> str:
+    digest = hashlib.sha1("\x00".join(_tokenizer_corpus(task_name, options)).encode()).hexdigest()
+    return hashlib.sha1(json.dumps([task_name, json.loads(options), vocab_size, digest],
+                                   sort_keys=True).encode()).hexdigest()[:10]
+
+
 def task_tokenizer(task_name: str, task_options: dict, vocab_size: int = 512):
-    """The lab task's byte-level BPE, trained once and cached under ``$PREFOPT_CACHE``."""
-    key = hashlib.sha1(json.dumps([task_name, task_options, vocab_size], sort_keys=True).encode()).hexdigest()[:10]
-    path = cache_dir() / "tokenizers" / f"{task_name}-{key}"
+    """The lab task's byte-level BPE, trained once and cached under ``$PREFOPT_CACHE``.
+
+    The cache key includes a digest of the training corpus, so a change of the task's text (or of
+    its seeds) trains a new tokenizer instead of reusing one a fresh checkout would not build."""
+    options = json.dumps(task_options, sort_keys=True)
+    path = cache_dir() / "tokenizers" / f"{task_name}-{_tokenizer_key(task_name, options, vocab_size)}"
     if (path / "tokenizer.json").exists():
         return load_tokenizer(str(path))
-    task = get_task(task_name, **task_options)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    train_tokenizer(task.tokenizer_corpus(), tmp, vocab_size)
+    train_tokenizer(_tokenizer_corpus(task_name, options), tmp, vocab_size)
     try:
         tmp.rename(path)
     except OSError:  # another process won the race; its copy is identical
