@@ -71,7 +71,7 @@ BAD_CONFIGS = [
     (["train.steps=many"], "train.steps: got 'many' (str), expected int"),
     (["train.stepz=3"], "unknown config key 'train.stepz'; did you mean 'train.steps'? (valid: steps, batch_size, "
                         "grad_accum, max_grad_norm, lr_schedule, warmup_steps, min_lr_ratio, seed, eval_every, "
-                        "eval_on_start, save_every, keep_checkpoints, checkpoint_fallback, progress, tensorboard, wandb_project, threads)"),
+                        "eval_on_start, save_every, keep_checkpoints, checkpoint_fallback, progress, tensorboard, wandb_project, threads, precision)"),
 ]
 
 
