@@ -254,7 +254,7 @@ def test_freeze_tuning_errors(patterns, lora, message, tmp_path):
 
 
 def test_pass_at_k_counts_prompts_with_one_success():
-    from prefopt.train.algorithms.online import _pass_at_k
+    from prefopt.eval.online import pass_at_k as _pass_at_k
 
     group = torch.tensor([7, 7, 7, 3, 3, 3, 9, 9, 9])  # ids need not be dense
     gold = {"correct": [0, 1, 0, 0, 0, 0, 1, 1, 1], "score": [0.5] * 9}
@@ -298,7 +298,7 @@ def test_reference_log_probs_packed_equal_padded(tiny_llama, reviews_tokenizer):
     from prefopt.models.config import LoraConfig
     from prefopt.models.lora import AdapterDisabledReference, apply_lora
     from prefopt.rollout.engine import SamplingConfig, generate
-    from prefopt.train.algorithms.online import batched_logps
+    from prefopt.models.rollout_logps import batched_logps
 
     pad = reviews_tokenizer.pad_token_id
     prompts = [reviews_tokenizer(p, add_special_tokens=False)["input_ids"] for p in ("the food was", "service", "a b c d e f")]

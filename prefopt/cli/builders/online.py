@@ -166,7 +166,8 @@ def policy_gradient_recipe(cfg: TrainConfig, model, tokenizer, *, prompts=None, 
     (dataset resets), and ``mix.path`` adds a scheduled offline source. ``reward_required``: False when
     the draw makes its own rewards (spo), so the configured reward is optional (logged when given)."""
     from prefopt.models.value import attach_value_head
-    from prefopt.train.algorithms.online import PolicyGradient, resolve_settings
+    from prefopt.train.algorithms.online import PolicyGradient
+    from prefopt.train.pg_settings import resolve_settings
 
     settings = resolve_settings(cfg.algo.name, cfg.online)
     task = _task(cfg)

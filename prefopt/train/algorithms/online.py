@@ -12,21 +12,17 @@
 
 Every step logs reward (and each component), advantage mean/std, KL, entropy, clip fraction,
 approx KL, value loss and explained variance (PPO), response length, truncated fraction,
-generation and learner tokens/s. The other names here are kept for callers of the old module.
+generation and learner tokens/s.
 """
 from __future__ import annotations
 
-from prefopt.eval.online import _mean, pass_at_k as _pass_at_k  # noqa: F401  (compatibility)
-from prefopt.models.rollout_logps import batched_logps, model_context  # noqa: F401
 from prefopt.models.value import get_value_head
-from prefopt.rollout.ops import cat_rollouts, select_rows  # noqa: F401
-from prefopt.train.pg_settings import PG_ALGORITHMS, PGSettings, resolve_settings  # noqa: F401
+from prefopt.train.pg_settings import PG_ALGORITHMS, PGSettings
 from prefopt.train.presets import PRESETS
 from prefopt.train.recipe import Part, Recipe
-from prefopt.train.sources.experience import Experience, Throughput  # noqa: F401
+from prefopt.train.sources.experience import Experience
 from prefopt.train.sources.policy_gradient import Draw, RolloutSource
 from prefopt.train.terms.policy_gradient import PolicyGradientTerm
-from prefopt.types import PGBatch, Sampled  # noqa: F401
 
 ALGORITHM_DEFAULTS = {name: PRESETS[name].defaults for name in PG_ALGORITHMS}
 
