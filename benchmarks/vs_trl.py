@@ -272,10 +272,13 @@ def phase_prefopt_dpo(work: Path, s: dict, reference: str) -> dict:
     cfg.algo.name, cfg.algo.loss, cfg.algo.beta, cfg.algo.reference = "dpo", "dpo", 0.1, reference
     cfg.perf.prefix_sharing, cfg.perf.padding_free = s.get("prefix_sharing", True), s.get("padding_free", True)
     _check_prefopt_tokens(work, cfg)
-    stamps, losses, stats, _ = _run_prefopt(cfg)
+    stamps, losses, stats, records = _run_prefopt(cfg)
     return {"step_s": _intervals(stamps), "losses": losses, "peak_rss_mib": _rss_mib(),
             "setup_s": time.perf_counter() - t_setup - sum(_intervals(stamps)),
-            "precompute_s": stats.get("reference/precompute_seconds")}
+            "precompute_s": stats.get("reference/precompute_seconds"),
+            # what a step's time follows: its tokens (batches differ), and the RSS high-water mark
+            "step_tokens": [round(r["tokens/s"] * r["time/step_s"]) for r in records],
+            "step_peak_rss_mib": [round(r["memory/peak_rss_mib"]) for r in records]}
 
 
 def _check_prefopt_tokens(work: Path, cfg) -> None:

@@ -109,3 +109,31 @@ def test_vs_trl_135m_quick_reports_flops_against_both_matmul_peaks(tmp_path):
     assert report["machine"]["load_avg_start"] and report["settings"]["vocab"] == vs_trl_135m.QUICK["vocab"]
     if HAS_TRL:
         assert {r["trl"] for r in report["ratios"]} >= {"trl_dpo", "trl_grpo"}
+
+
+def test_decode_bounds_are_the_weight_bytes_and_matmul_flops_per_token():
+    """Hand-derived: the tiny shape (vocab 4096, hidden 128, MLP 344, 4 layers, untied) has
+    4·(4·128² + 3·128·344) + 4096·128 = 1 314 816 matmul weights (the head counts; the embedding
+    is a lookup) and 1 314 816 + 4096·128 (embedding) + 9·128 (norms) = 1 840 256 parameters."""
+    import rollout_vs_generate as rvg
+
+    model, n_params = rvg.build_model("tiny")
+    assert n_params == 1_840_256
+    b = rvg.decode_bounds(model, rows=8, bandwidth_gbs=10.0, peak_gflops=100.0)
+    assert b["matmul_weights"] == 1_314_816 and b["weight_bytes"] == 4 * 1_840_256
+    assert b["bandwidth_bound_tokens_per_s"] == pytest.approx(8 * 10e9 / (4 * 1_840_256))
+    assert b["compute_bound_tokens_per_s"] == pytest.approx(100e9 / (2 * 1_314_816))
+    tied, _ = rvg.build_model("tiny", "bfloat16")
+    assert rvg.decode_bounds(tied, 1, 1.0, 1.0)["weight_bytes"] == 2 * 1_840_256
+
+
+def test_rollout_vs_generate_reports_decode_against_its_bounds(tmp_path):
+    import rollout_vs_generate as rvg
+
+    out = tmp_path / "rvg.json"
+    rvg.main(["--model-size", "tiny", "--batch", "4", "--new-tokens", "6", "--repeats", "1", "--threads", "1",
+              "--cases", "no_eos", "--out", str(out)])
+    r = json.loads(out.read_text())["decode_roofline"]
+    assert r["rows"] == 4 and r["decode_tokens_per_s"] > 0 and r["copy_bandwidth_gbs"] > 0
+    assert r["frac_of_bandwidth_bound"] == pytest.approx(r["decode_tokens_per_s"] / r["bandwidth_bound_tokens_per_s"])
+    assert r["binding"] in ("memory bandwidth", "matmul compute")

@@ -102,12 +102,14 @@ def cached_reference(model: torch.nn.Module, rows: Sequence, *, fields: Sequence
                      kind: str, cache_dir: Path | None = None, use_cache: bool = True) -> PrecomputedReference:
     """Reference log-probs of ``rows`` under ``model`` (its base when it has adapters), from the
     on-disk cache when the same model and data were seen before, else computed and cached.
+    Computed under the caller's autocast, if any (mixed precision: the same numerics as the policy's
+    forward), which is part of the cache key.
 
     ``compute(model, rows)`` returns one (N,) tensor per name, in row order.
     """
     if not rows:
         return PrecomputedReference({n: torch.zeros(0) for n in names})
-    key = f"{kind}-{model_fingerprint(model)}-{data_fingerprint(rows, fields)}"
+    key = f"{kind}-{model_fingerprint(model)}-{data_fingerprint(rows, fields)}{_autocast_tag(_device(model).type)}"
     path = (cache_dir or default_cache_dir()) / "reference_logps" / f"{key}.pt"
     stored = _read_cache(path, names, len(rows)) if use_cache and path.exists() else None
     # Every rank computes (its share) unless every rank found the cache: one decision for all.
@@ -131,6 +133,13 @@ def cached_reference(model: torch.nn.Module, rows: Sequence, *, fields: Sequence
         tmp.replace(path)
         log.info("reference log-probs: %d examples in %.1f s, cached at %s", len(rows), seconds, path)
     return PrecomputedReference(values, path if use_cache else None, from_cache=False, seconds=seconds)
+
+
+def _autocast_tag(device_type: str) -> str:
+    """'' in full precision, '-bfloat16' / '-float16' under autocast: the values differ, so the cache keys do."""
+    if not torch.is_autocast_enabled(device_type):
+        return ""
+    return "-" + str(torch.get_autocast_dtype(device_type)).removeprefix("torch.")
 
 
 def _read_cache(path: Path, names: Sequence[str], n: int) -> dict | None:
@@ -225,21 +234,28 @@ def _check_positions(rows: Sequence) -> None:
 
 
 # --------------------------------------------------------------------------- strategies
-def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
-    """A frozen deep copy of ``model`` as it is now (adapters merged away for PEFT models)."""
+def frozen_copy(model: torch.nn.Module, dtype: torch.dtype | None = None) -> torch.nn.Module:
+    """A frozen deep copy of ``model`` as it is now (adapters merged away for PEFT models), its
+    float32 parameters cast to ``dtype`` when given (mixed precision: half the memory, and a
+    forward that reads bf16 weights instead of casting fp32 ones on every call)."""
+    from prefopt.rollout.weights import cast_floating_params, castable
+
     ref = copy.deepcopy(model)
     if is_peft(ref):
         ref = ref.merge_and_unload()
+    if dtype is not None and castable(ref):
+        cast_floating_params(ref, dtype)
     ref.requires_grad_(False).eval()
     return ref
 
 
-def reference_module(kind: str, model: torch.nn.Module) -> torch.nn.Module | None:
-    """The module a reference pass runs for ``kind`` (None for 'precomputed' and 'none')."""
+def reference_module(kind: str, model: torch.nn.Module, dtype: torch.dtype | None = None) -> torch.nn.Module | None:
+    """The module a reference pass runs for ``kind`` (None for 'precomputed' and 'none'); a 'copy'
+    holds its weights in ``dtype`` when given."""
     if kind not in REFERENCE_KINDS:
         raise ConfigError(f"algo.reference: got '{kind}', expected one of {', '.join(REFERENCE_KINDS)}")
     if kind == "copy":
-        return frozen_copy(model)
+        return frozen_copy(model, dtype)
     if kind == "lora":
         return AdapterDisabledReference(model)
     return None

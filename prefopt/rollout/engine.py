@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -87,6 +87,14 @@ class SamplingConfig:
     )
     batch_size: int = field(
         default=64, metadata={"help": "Maximum number of rows decoded together; larger requests are chunked.", "min": 1}
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = field(
+        default="auto",
+        metadata={"help": "Weights training rollouts sample with: 'auto' = a bf16/fp16 copy of the policy under "
+                          "train.precision bf16-mixed/fp16-mixed (refreshed from the fp32 masters before every "
+                          "sampling call; costs half the policy's fp32 size in memory), else the policy itself; "
+                          "'float32' = the policy itself (under the step's autocast); 'bfloat16'/'float16' = a copy "
+                          "in that dtype. Applied by the trainer; generate() samples with the model it is given."},
     )
 
     def validate(self, prefix: str = "sampling.") -> None:

@@ -15,7 +15,7 @@ from prefopt.seeding import SEED_MAX
 from prefopt.train.online_config import OnlineConfig
 from prefopt.train.hybrid_config import HypoConfig, MixConfig, ResetConfig
 from prefopt.objectives.config import ModpoConfig, RicConfig
-from prefopt.train.precision import check_precision
+from prefopt.train.precision import check_precision, check_rollout_dtype
 from prefopt.train.presets import OPTIONAL_SECTIONS, algo_help, check_sections
 from prefopt.train.recipe_config import PartSpec, check_recipe
 from prefopt.train.selfplay_config import HedgeConfig, SelfPlayConfig
@@ -156,6 +156,7 @@ class TrainConfig:
         check_sections(self.algo.name, {name: getattr(self, name) != type(getattr(self, name))()
                                         for name in OPTIONAL_SECTIONS})
         check_precision(self.train.precision, self.model.dtype, self.optim.name, key=f"{prefix}train.precision")
+        check_rollout_dtype(self.rollout.dtype, key=f"{prefix}rollout.dtype")
         if self.train.precision == "bf16":
             self.model.dtype = "bfloat16"  # pure bf16: the weights themselves (one setting, not two)
         if self.algo.name == "kto" and self.train.batch_size < 2:

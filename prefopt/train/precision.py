@@ -56,6 +56,27 @@ def check_precision(precision: str, model_dtype: str, optim_name: str, device_ty
         raise bad_value(key, precision, "model.dtype bfloat16 or float32 with train.precision bf16 (got float16)")
 
 
+def copy_dtype(precision: str) -> torch.dtype | None:
+    """The dtype frozen copies of the weights (a live reference, the rollout weights) are held in under
+    ``precision``: a mixed precision's autocast dtype; None = use the weights as they are."""
+    return COMPUTE_DTYPE[precision] if precision.endswith("-mixed") else None
+
+
+ROLLOUT_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": None}
+
+
+def rollout_copy_dtype(rollout_dtype: str, precision: str) -> torch.dtype | None:
+    """``rollout.dtype`` resolved against ``train.precision``: the dtype of the sampling copy, None for none."""
+    return copy_dtype(precision) if rollout_dtype == "auto" else ROLLOUT_DTYPES[rollout_dtype]
+
+
+def check_rollout_dtype(rollout_dtype: str, device_type: str = "cpu", key: str = "rollout.dtype") -> None:
+    dtype = ROLLOUT_DTYPES.get(rollout_dtype)
+    if dtype is not None and not hardware_supports(dtype, device_type):
+        raise bad_value(key, rollout_dtype, f"a dtype this {device_type} runs natively (it has no "
+                                            f"{rollout_dtype} support per torch/oneDNN); use auto or float32")
+
+
 def device_type_of(model: torch.nn.Module) -> str:
     param = next(model.parameters(), None)
     return param.device.type if param is not None else "cpu"

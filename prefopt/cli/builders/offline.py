@@ -130,11 +130,16 @@ def build_reference(cfg: TrainConfig, model, *, needs_reference: bool, loss_name
         warn_once("copy-with-lora", "algo.reference: 'copy' keeps a second full model next to a LoRA policy; "
                                     "'lora' (adapters disabled) or 'precomputed' saves that memory")
     if kind == "precomputed":
-        store = precompute(model)
+        from prefopt.train.precision import Precision, device_type_of
+        with Precision(cfg.train.precision, device_type_of(model)).autocast():  # the policy forward's numerics
+            store = precompute(model)
         return None, store, {"reference/precomputed_examples": len(store),
                              "reference/cache_hit": float(store.from_cache),
                              "reference/precompute_seconds": store.seconds}
-    return (make_reference or reference_module)(kind, model), None, {}
+    if make_reference is not None:
+        return make_reference(kind, model), None, {}
+    from prefopt.train.precision import copy_dtype
+    return reference_module(kind, model, copy_dtype(cfg.train.precision)), None, {}
 
 
 def resolve_loss(cfg: TrainConfig):

@@ -102,7 +102,10 @@ def _reference(cfg: TrainConfig, model, needed: bool, make=None):
                               "(KL penalty or a reference-based loss); set online.kl_coef: 0 / a reference-free "
                               "loss, or algo.reference: copy")
         return None
-    return (make or reference_module)(kind, model)
+    if make is not None:
+        return make(kind, model)
+    from prefopt.train.precision import copy_dtype
+    return reference_module(kind, model, copy_dtype(cfg.train.precision))
 
 
 def _sampling(cfg: TrainConfig, k: int):
@@ -143,7 +146,25 @@ def _experience_from(cfg: TrainConfig, model, tokenizer, train_prompts, eval_pro
                       max_prompt_length=_max_prompt_length(cfg, model), seed=cfg.train.seed, task=task,
                       eval_num_samples=cfg.online.eval_num_samples, eval_greedy=cfg.online.eval_greedy,
                       reference=reference if cfg.online.eval_kl else None, raw_prompts=raw,
-                      raw_eval_prompts=raw_eval)
+                      raw_eval_prompts=raw_eval, rollout_weights=_rollout_weights(cfg, model))
+
+
+def _rollout_weights(cfg: TrainConfig, model):
+    """The low-precision copy of the policy that rollouts sample with (``rollout.dtype``), or None."""
+    from prefopt.cli.builders.offline import warn_once
+    from prefopt.rollout.weights import LowPrecisionCopy, castable
+    from prefopt.train.precision import rollout_copy_dtype
+
+    dtype = rollout_copy_dtype(cfg.rollout.dtype, cfg.train.precision)
+    if dtype is None:
+        return None
+    if not castable(model):
+        if cfg.rollout.dtype != "auto":
+            warn_once("rollout-dtype-uncastable", f"rollout.dtype {cfg.rollout.dtype}: the policy's weights are not "
+                                                  "all float32 (low-precision or quantized); rollouts sample with "
+                                                  "the policy itself")
+        return None
+    return LowPrecisionCopy(model, dtype)
 
 
 def _task(cfg: TrainConfig):

@@ -44,8 +44,9 @@ class Context:
 
     def make_reference(self, kind: str, model):
         from prefopt.models.reference import reference_module
+        from prefopt.train.precision import copy_dtype
         if kind not in self._references:
-            self._references[kind] = reference_module(kind, model)
+            self._references[kind] = reference_module(kind, model, copy_dtype(self.cfg.train.precision))
         return self._references[kind]
 
     def reference(self, needed: bool):

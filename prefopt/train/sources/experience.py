@@ -44,14 +44,18 @@ class Experience:
     Prompts are encoded once; a prompt longer than ``max_prompt_length`` keeps its last tokens
     and is counted (``data/prompts_truncated``), an empty one is dropped and counted.
     ``raw_prompts`` / ``raw_eval_prompts``: the prompts as given (default: the texts), row by row.
+    ``rollout_weights``: a :class:`prefopt.rollout.weights.LowPrecisionCopy` of the policy; sampling
+    from the policy then samples from the copy, refreshed first.
     Evaluation lives in :mod:`prefopt.eval.online`; ``eval_*`` settings are kept here for it.
     """
 
     def __init__(self, prompts: list[str], eval_prompts: list[str], tokenizer, sampling: SamplingConfig,
                  reward: WeightedReward | None, *, max_prompt_length: int, seed: int = 0, task=None,
                  eval_num_samples: int = 2, eval_greedy: bool = False, reference=None,
-                 raw_prompts: list[Any] | None = None, raw_eval_prompts: list[Any] | None = None):
+                 raw_prompts: list[Any] | None = None, raw_eval_prompts: list[Any] | None = None,
+                 rollout_weights=None):
         self.tokenizer, self.sampling, self.reward = tokenizer, sampling, reward
+        self.rollout_weights = rollout_weights  # a LowPrecisionCopy of the policy to sample with (rollout.dtype)
         self.pad_id, self.eos_id = tokenizer.pad_token_id, tokenizer.eos_token_id
         self.seed, self.task, self.reference = seed, task, reference
         self.eval_num_samples, self.eval_greedy = eval_num_samples, eval_greedy
@@ -100,6 +104,8 @@ class Experience:
         cfg = dataclasses.replace(self.sampling, num_samples=k, **({"temperature": 0.0} if greedy else {}))
         seeds = self._seeds(indices, eval_split)
         t0 = time.perf_counter()
+        if self.rollout_weights is not None and self.rollout_weights.serves(model):
+            model = self.rollout_weights.refreshed()
         engine = current().generator or generate  # e.g. Ray rollout workers
         rollout = engine(model, prompt_ids if prompt_ids is not None else [ids[i] for i in indices], cfg,
                            pad_token_id=self.pad_id, eos_token_id=self.eos_id, tokenizer=self.tokenizer, seeds=seeds)
