@@ -171,6 +171,28 @@ def measure_roofline(model, prompts, args) -> dict:
     return out
 
 
+def measure_weight_dtypes(model, prompts, args) -> dict:
+    """The engine on the same batch with the fp32 weights, the fp32 weights under bf16 autocast, and
+    a bf16 copy (``rollout.dtype: auto`` under bf16-mixed), interleaved; median tokens/s each."""
+    import contextlib
+
+    from prefopt.rollout.weights import LowPrecisionCopy
+
+    copy = LowPrecisionCopy(model, torch.bfloat16)
+    variants = {"fp32": (model, contextlib.nullcontext), "fp32_autocast": (
+        model, lambda: torch.autocast("cpu", dtype=torch.bfloat16)), "bf16_copy": (copy.refreshed(), contextlib.nullcontext)}
+    rates: dict[str, list[float]] = {name: [] for name in variants}
+    for rep in range(args.repeats):
+        for name, (m, ctx) in variants.items():
+            with ctx():
+                n, dt = run_ours(m, prompts, args, [], args.k, seed=rep)
+            rates[name].append(n / dt)
+    med = {name: statistics.median(r) for name, r in rates.items()}
+    return {"rows": len(prompts) * args.k, "tokens_per_s": rates, "median": med,
+            "bf16_copy_vs_fp32": med["bf16_copy"] / med["fp32"],
+            "bf16_copy_vs_autocast": med["bf16_copy"] / med["fp32_autocast"]}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model-size", choices=sorted(SIZES), default="small")
@@ -189,8 +211,13 @@ def main(argv=None):
     ap.add_argument("--cases", default="no_eos,eos_heavy,k_samples")
     ap.add_argument("--no-roofline", action="store_true",
                     help="skip the decode rate vs its memory-bandwidth and compute bounds")
+    ap.add_argument("--weights", action="store_true",
+                    help="also compare the engine with fp32 weights, fp32 under bf16 autocast and a bf16 copy "
+                         "(k samples of batch/k prompts; needs --dtype float32)")
     ap.add_argument("--out", default="runs/bench/rollout_vs_generate.json")
     args = ap.parse_args(argv)
+    if args.weights and args.dtype != "float32":
+        ap.error("--weights compares copies of fp32 weights: use --dtype float32")
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -227,6 +254,7 @@ def main(argv=None):
         }
 
     roofline = None if args.no_roofline else measure_roofline(model, prompts, args)
+    weights = measure_weight_dtypes(model, cases["k_samples"]["prompts"], args) if args.weights else None
     cmd = " ".join(["python benchmarks/rollout_vs_generate.py", *(sys.argv[1:] if argv is None else argv)])
     print(f"model: Llama {args.model_size} ({n_params / 1e6:.1f}M params), batch {args.batch}, "
           f"new tokens {args.new_tokens}, repeats {args.repeats}, torch threads {torch.get_num_threads()}")
@@ -240,6 +268,11 @@ def main(argv=None):
               f"at {r['copy_bandwidth_gbs']:.1f} GB/s copy bandwidth): {r['frac_of_bandwidth_bound']:.0%}; compute bound "
               f"{r['compute_bound_tokens_per_s']:.0f} tok/s ({r['matmul_gflops']:.0f} GFLOP/s matmul): "
               f"{r['frac_of_compute_bound']:.0%}; the binding bound: {r['binding']}")
+    if weights:
+        med = weights["median"]
+        print(f"weights ({weights['rows']} rows): fp32 {med['fp32']:.0f} tok/s, fp32 under bf16 autocast "
+              f"{med['fp32_autocast']:.0f}, bf16 copy {med['bf16_copy']:.0f}: the copy is "
+              f"{weights['bf16_copy_vs_fp32']:.2f}x fp32 and {weights['bf16_copy_vs_autocast']:.2f}x autocast")
     print("reproduce:", cmd)
 
     out = Path(args.out)
@@ -247,7 +280,7 @@ def main(argv=None):
     import transformers
 
     out.write_text(json.dumps({
-        "args": vars(args), "command": cmd, "params": n_params, "results": results, "decode_roofline": roofline,
+        "args": vars(args), "command": cmd, "params": n_params, "results": results, "decode_roofline": roofline, "weights": weights,
         "torch": torch.__version__, "transformers": transformers.__version__,
         "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "platform": platform.platform(),
     }, indent=2))

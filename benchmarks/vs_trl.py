@@ -233,6 +233,7 @@ def _prefopt_cfg(work: Path, s: dict, name: str):
     t.batch_size, t.lr_schedule, t.warmup_steps, t.max_grad_norm = s["batch"], "constant", 0, 1.0
     t.progress, t.save_every, t.eval_every, t.seed = False, 0, 0, 0
     t.precision = s.get("precision", "fp32")
+    cfg.model.gradient_checkpointing = s.get("gradient_checkpointing", False)
     cfg.output_dir, cfg.run_name = str(work / "prefopt_out"), f"{name}-{time.time_ns()}"  # rounds and variants
     return cfg
 
@@ -344,7 +345,8 @@ def phase_prefopt_grpo(work: Path, s: dict) -> dict:
     stamps, losses, _, records = _run_prefopt(cfg)
     return {"step_s": _intervals(stamps), "losses": losses, "peak_rss_mib": _rss_mib(),
             "setup_s": time.perf_counter() - t_setup - sum(_intervals(stamps)),
-            "completion_tokens": [r["rollout/response_length"] * r["rollout/samples"] for r in records]}
+            "completion_tokens": [r["rollout/response_length"] * r["rollout/samples"] for r in records],
+            "gen_s": [r.get("rollout/gen_seconds") for r in records]}  # sampling's share of each step
 
 
 def run_phase(name: str, work: Path, s: dict) -> dict:

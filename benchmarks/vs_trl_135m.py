@@ -10,6 +10,7 @@ responses 32-128), GRPO 4 prompts x 4 samples x 64 new tokens. Phases, interleav
   trl_dpo_fp32       TRL fp32, no gradient checkpointing, precompute_ref_log_probs
   prefopt_dpo_bf16   prefopt train.precision=bf16-mixed, cached reference (algo.reference=precomputed)
   prefopt_dpo_fp32   prefopt default precision (fp32), cached reference
+  prefopt_dpo_bf16_ckpt  bf16-mixed + model.gradient_checkpointing (TRL default's memory setting)
   trl_grpo           TRL default (bf16 autocast, gradient checkpointing), beta 0
   trl_grpo_fp32      TRL fp32, no gradient checkpointing
   prefopt_grpo_bf16  prefopt grpo, bf16-mixed (rollouts under autocast too)
@@ -21,7 +22,8 @@ Per phase: s/step (median of step intervals, the first step left out), real toke
 prompt once), peak RSS, and the achieved FLOP/s as a fraction of both matmul peaks. FLOPs count
 the weight matmuls only (attention scores and element-wise work left out): 6·N per trained token
 (forward + backward), + 2·N per token of a live reference pass, + 2·N per token of GRPO's sampling
-(prefill and decode), with N = the matmul parameters (LM head included). The numerator is the
+(prefill and decode), with N = the matmul parameters (LM head included); the forward that gradient
+checkpointing recomputes is not counted (it is not useful work). The numerator is the
 same for both libraries (real tokens, not padding), so the fraction is useful work per second.
 
     .venv-bench/bin/python benchmarks/vs_trl_135m.py             # full: 1 round, ~15 min on 2 cores
@@ -58,6 +60,7 @@ PHASES = {
     "trl_dpo_fp32": ("trl_dpo_precomp", {"precision": "fp32"}),
     "prefopt_dpo_bf16": ("prefopt_dpo", {"precision": "bf16-mixed"}),
     "prefopt_dpo_fp32": ("prefopt_dpo", {"precision": "fp32"}),
+    "prefopt_dpo_bf16_ckpt": ("prefopt_dpo", {"precision": "bf16-mixed", "gradient_checkpointing": True}),
     "trl_grpo": ("trl_grpo", TRL_DEFAULT),
     "trl_grpo_fp32": ("trl_grpo", {"precision": "fp32"}),
     "prefopt_grpo_bf16": ("prefopt_grpo", {"precision": "bf16-mixed"}),
@@ -66,6 +69,7 @@ PHASES = {
 COMPARISONS = [
     ("prefopt_dpo_fp32", "trl_dpo", "DPO: both defaults (prefopt fp32, TRL bf16 + checkpointing)"),
     ("prefopt_dpo_bf16", "trl_dpo", "DPO: prefopt bf16-mixed vs TRL default"),
+    ("prefopt_dpo_bf16_ckpt", "trl_dpo", "DPO: bf16 + gradient checkpointing, prefopt vs TRL default"),
     ("prefopt_dpo_bf16", "trl_dpo_tuned", "DPO: bf16, prefopt vs TRL tuned (no ckpt, precomputed ref)"),
     ("prefopt_dpo_fp32", "trl_dpo_fp32", "DPO: fp32, prefopt vs TRL tuned"),
     ("prefopt_grpo_fp32", "trl_grpo", "GRPO: both defaults (prefopt fp32, TRL bf16 + checkpointing)"),

@@ -9,7 +9,9 @@ Each block sits between ``<!-- figures:NAME ... -->`` and ``<!-- /figures:NAME -
 whole; everything outside the markers is left as it is. Blocks:
 
 * ``demo``: ``summary.json`` of the newest ``<runs>/demo-*`` (``make demo``), plus its ``environment.json``;
-* ``vs_trl``: ``<runs>/bench/vs_trl.json`` (``make bench``): the prefopt / TRL ratios against their targets.
+* ``vs_trl``: ``<runs>/bench/vs_trl.json`` (``make bench``): the prefopt / TRL ratios against their targets;
+* ``vs_trl_135m``: ``<runs>/bench/vs_trl_135m.json`` (``make bench-135m``): the same at 135M parameters,
+  plus the DPO step's share of the bf16 matmul peak.
 
 A block whose source is missing is left unchanged (with a note on stderr) unless its source was
 named with a flag. Errors (unreadable JSON, a missing field) print one line and exit 2.
@@ -23,16 +25,31 @@ import re
 import sys
 from pathlib import Path
 
-BLOCK = re.compile(r"(<!-- figures:(?P<name>[a-z_]+)\b[^>]*-->\n)(?P<body>.*?)(<!-- /figures:(?P=name) -->)", re.S)
+BLOCK = re.compile(r"(<!-- figures:(?P<name>[a-z0-9_]+)\b[^>]*-->\n)(?P<body>.*?)(<!-- /figures:(?P=name) -->)", re.S)
 
 # (prefopt phase, TRL phase) -> README row label, steps/s target (>=), peak RSS target (<=)
 VS_TRL_ROWS = {
-    ("prefopt_dpo", "trl_dpo"): ("DPO, prefopt (cached reference) vs TRL default", 2.0, 0.6),
+    ("prefopt_dpo", "trl_dpo"): ("DPO, prefopt (cached reference) vs TRL default", 3.0, 0.6),
     ("prefopt_dpo", "trl_dpo_precomp"): ("DPO, prefopt (cached reference) vs TRL `precompute_ref_log_probs=True`",
                                          1.5, 0.6),
     ("prefopt_dpo_live", "trl_dpo"): ("DPO, prefopt (live reference) vs TRL default", None, None),
     ("prefopt_grpo", "trl_grpo"): ("GRPO (4 generations, 32 new tokens)", 2.0, None),
 }
+
+# the 135M comparison (benchmarks/vs_trl_135m.py); targets from issue 14, on the like-precision rows
+VS_TRL_135M_ROWS = {
+    ("prefopt_dpo_bf16", "trl_dpo"): ("DPO, bf16: prefopt bf16-mixed vs TRL default (bf16 + checkpointing)", 3.0, 0.5),
+    ("prefopt_dpo_bf16_ckpt", "trl_dpo"): ("DPO, bf16 + gradient checkpointing on both sides: prefopt vs TRL default",
+                                           3.0, 0.5),
+    ("prefopt_dpo_bf16", "trl_dpo_tuned"): ("DPO, bf16: prefopt vs TRL tuned (no checkpointing, precomputed "
+                                            "reference)", 2.0, None),
+    ("prefopt_dpo_fp32", "trl_dpo"): ("DPO: prefopt's default (fp32) vs TRL's default (bf16)", None, None),
+    ("prefopt_dpo_fp32", "trl_dpo_fp32"): ("DPO, fp32: prefopt vs TRL tuned", None, None),
+    ("prefopt_grpo_bf16", "trl_grpo"): ("GRPO (4 x 4 samples, 64 new tokens), bf16: prefopt vs TRL default", 3.0, None),
+    ("prefopt_grpo_fp32", "trl_grpo"): ("GRPO: prefopt's default (fp32) vs TRL's default (bf16)", None, None),
+    ("prefopt_grpo_fp32", "trl_grpo_fp32"): ("GRPO, fp32: prefopt vs TRL", None, None),
+}
+BF16_PEAK_TARGET = 0.40  # the DPO training step's achieved weight-matmul FLOP/s / the bf16 matmul peak
 
 
 class FiguresError(Exception):
@@ -102,41 +119,66 @@ def _ratio(value: float | None, target: float | None, higher_is_better: bool) ->
     return (f"**{text}**" if met else text), met
 
 
-def render_vs_trl(path: Path) -> str:
-    data = read_json(path)
-    ratios = field(data, "ratios", path)
+def _ratio_table(ratios: list[dict], rows: dict) -> list[str]:
     lines = ["| workload | steps/s | peak RSS | target |", "|---|---:|---:|---|"]
     for r in ratios:
         key = (r.get("prefopt"), r.get("trl"))
-        label, steps_target, rss_target = VS_TRL_ROWS.get(key, (r.get("comparison", " vs ".join(map(str, key))),
-                                                                None, None))
+        label, steps_target, rss_target = rows.get(key, (r.get("comparison", " vs ".join(map(str, key))), None, None))
         steps, steps_met = _ratio(r.get("steps_per_s_ratio"), steps_target, True)
         rss, rss_met = _ratio(r.get("peak_rss_ratio"), rss_target, False)
         goals = ([f"≥ {steps_target}x"] if steps_target else []) + ([f"≤ {rss_target}x"] if rss_target else [])
         met = all(m is True for m, t in ((steps_met, steps_target), (rss_met, rss_target)) if t)
-        target = ", ".join(goals) + (": met" if met else ": **not met**") if goals else "like for like"
+        target = ", ".join(goals) + (": met" if met else ": **not met**") if goals else "–"
         lines.append(f"| {label} | {steps} | {rss} | {target} |")
-    agree = data.get("dpo_loss_agreement", {}).get("trl_dpo")
-    versions = data.get("versions", {})
+    return lines
+
+
+def _provenance(data: dict, path: Path) -> str:
+    about = ", ".join(f"{k} {v}" for k, v in data.get("versions", {}).items() if v)
     machine = data.get("machine", {})
+    if machine.get("cpus"):
+        about += f"; {machine['cpus']} CPU cores"
+    if machine.get("load_avg_start"):
+        about += f", load average {machine['load_avg_start'][0]:.1f} at the start"
+    return f"From `{path.as_posix()}` ({about})."
+
+
+def render_vs_trl(path: Path) -> str:
+    data = read_json(path)
+    lines = _ratio_table(field(data, "ratios", path), VS_TRL_ROWS)
+    agree = data.get("dpo_loss_agreement", {}).get("trl_dpo")
     lines.append("")
     if agree:
         lines.append(f"The DPO loss curves of the two libraries agree to {agree['max_abs_diff']:.2g} over the "
                      f"{agree['steps']} steps.")
-    about = ", ".join(f"{k} {v}" for k, v in versions.items() if v)
-    if machine.get("cpus"):
-        about += f"; {machine['cpus']} CPU cores"
-    lines.append(f"From `{path.as_posix()}` ({about}).")
+    lines.append(_provenance(data, path))
     return "\n".join(lines) + "\n"
 
 
-RENDERERS = {"demo": render_demo, "vs_trl": render_vs_trl}
+def render_vs_trl_135m(path: Path) -> str:
+    data = read_json(path)
+    lines = _ratio_table(field(data, "ratios", path), VS_TRL_135M_ROWS)
+    phases, peak = field(data, "phases", path), data.get("matmul_peak", {})
+    lines.append("")
+    dpo = phases.get("prefopt_dpo_bf16", {})
+    if dpo.get("frac_bf16_peak") is not None:
+        met = dpo["frac_bf16_peak"] >= BF16_PEAK_TARGET
+        lines.append(f"prefopt's bf16-mixed DPO step does {dpo['achieved_gflops']:.0f} GFLOP/s of weight matmuls, "
+                     f"{dpo['frac_bf16_peak']:.0%} of the bf16 matmul peak measured in the same run "
+                     f"({peak.get('bf16_gflops', 0):.0f} GFLOP/s; target ≥ {BF16_PEAK_TARGET:.0%}: "
+                     f"{'met' if met else '**not met**'}).")
+    lines.append(_provenance(data, path))
+    return "\n".join(lines) + "\n"
+
+
+RENDERERS = {"demo": render_demo, "vs_trl": render_vs_trl, "vs_trl_135m": render_vs_trl_135m}
 
 
 def sources(runs: Path, demo: Path | None, vs_trl: Path | None) -> dict[str, tuple[Path | None, bool]]:
     """Block name -> (source file or None, whether it was named explicitly)."""
     return {"demo": (demo or latest("demo-*/summary.json", runs), demo is not None),
-            "vs_trl": (vs_trl or (runs / "bench" / "vs_trl.json"), vs_trl is not None)}
+            "vs_trl": (vs_trl or (runs / "bench" / "vs_trl.json"), vs_trl is not None),
+            "vs_trl_135m": (runs / "bench" / "vs_trl_135m.json", False)}
 
 
 def update(text: str, srcs: dict[str, tuple[Path | None, bool]], note=print) -> str:

@@ -13,7 +13,7 @@ from prefopt.losses.rl import (ADVANTAGE_ESTIMATORS, leave_one_out_baseline, onl
 from prefopt.train.config import TrainConfig
 from prefopt.train.metrics import read_metrics
 from prefopt.train.schedule import ratio_at
-from prefopt.train.sources.hybrid import reset_lengths
+from prefopt.train.sources.hybrid import reset_lengths, response_pool
 
 
 # ----------------------------------------------------------------------------- pure pieces
@@ -68,6 +68,13 @@ def test_reset_lengths_are_within_the_response_and_short_ones_are_not_reset():
     assert set(reset_lengths([5] * 50, 0.0, g)) == {0}
     half = reset_lengths([5] * 400, 0.5, g)
     assert 0.4 < sum(L > 0 for L in half) / 400 < 0.6
+
+
+def test_an_empty_offline_response_means_no_reset_and_a_missing_one_is_an_error():
+    rows = [{"prompt": "a", "chosen": ""}, {"prompt": "b", "chosen": "good film"}]
+    assert response_pool(rows, "chosen") == (["a", "b"], ["", "good film"])
+    with pytest.raises(ConfigError, match=r"reset.column: row 1 has no 'completion' response"):
+        response_pool([{"prompt": "a", "completion": "x"}, {"prompt": "b", "chosen": "y"}], "completion")
 
 
 # ----------------------------------------------------------------------------- two-term accumulation

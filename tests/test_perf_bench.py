@@ -132,8 +132,24 @@ def test_rollout_vs_generate_reports_decode_against_its_bounds(tmp_path):
 
     out = tmp_path / "rvg.json"
     rvg.main(["--model-size", "tiny", "--batch", "4", "--new-tokens", "6", "--repeats", "1", "--threads", "1",
-              "--cases", "no_eos", "--out", str(out)])
-    r = json.loads(out.read_text())["decode_roofline"]
+              "--cases", "no_eos", "--weights", "--k", "2", "--out", str(out)])
+    report = json.loads(out.read_text())
+    w = report["weights"]
+    assert w["rows"] == 4 and set(w["median"]) == {"fp32", "fp32_autocast", "bf16_copy"}
+    assert w["bf16_copy_vs_fp32"] == pytest.approx(w["median"]["bf16_copy"] / w["median"]["fp32"])
+    r = report["decode_roofline"]
     assert r["rows"] == 4 and r["decode_tokens_per_s"] > 0 and r["copy_bandwidth_gbs"] > 0
     assert r["frac_of_bandwidth_bound"] == pytest.approx(r["decode_tokens_per_s"] / r["bandwidth_bound_tokens_per_s"])
     assert r["binding"] in ("memory bandwidth", "matmul compute")
+
+
+def test_step_drift_repeats_one_batch_and_records_rss_per_step(tmp_path):
+    import step_drift
+
+    out = tmp_path / "drift.json"
+    assert step_drift.main(["--quick", "--steps", "4", "--threads", "1", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    steps = report["steps"]
+    assert [s["step"] for s in steps] == [1, 2, 3, 4] and all(s["rss_mib"] > 0 and s["s"] > 0 for s in steps)
+    assert steps[0]["loss"] == pytest.approx(0.693147, abs=1e-4)  # a cached reference: the DPO loss starts at ln 2
+    assert steps[-1]["loss"] < steps[0]["loss"]  # the same batch every step: it is being fitted

@@ -203,3 +203,15 @@ def test_hedge_reward_combiner_of_a_policy_gradient_preset(tmp_path):
     assert state["labelled"] == last["hedge/labelled"] == state["hedge"]["rounds"]
     with pytest.raises(ConfigError, match=r"hedge.scorers: got \['x:y'\], expected at least 2 scorer specs"):
         from_dict(TrainConfig, {"algo": {"name": "rloo"}, "hedge": {"scorers": ["x:y"]}})
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"algo": {"name": "sppo"}, "hedge": {"scorers": ["a:b", "c:d"]}},
+     r"hedge.scorers: got \['a:b', 'c:d'\], expected unset with algo.name sppo: Hedge combines the rewards"),
+    ({"algo": {"name": "grpo"}, "hedge": {"judges": ["lab", "a:b"]}},
+     r"hedge.judges: got \['lab', 'a:b'\], expected unset, or selfplay.judge: hedge / online.judge: hedge"),
+])
+def test_a_hedge_setting_the_algorithm_does_not_read_is_an_error(data, message):
+    from prefopt.cli.config import from_dict
+    with pytest.raises(ConfigError, match=message):
+        from_dict(TrainConfig, data)

@@ -80,10 +80,26 @@ def load_policy(cfg, tokenizer=None):
         if lora is not None and lora.quantize != "none":
             raise ConfigError("lora.quantize: quantized base weights cannot be trained without adapters; "
                               "set lora.enabled: true (QLoRA)")
-        return apply_freeze(load_model(cfg.model, tokenizer), cfg)
+        return apply_checkpointing(apply_freeze(load_model(cfg.model, tokenizer), cfg), cfg.model)
     apply_freeze(None, cfg)  # only checks: freeze tuning is refused next to adapters
     model = load_quantized(cfg.model, lora) if lora.quantize != "none" else load_model(cfg.model, tokenizer)
-    return apply_lora(model, lora)
+    return apply_checkpointing(apply_lora(model, lora), cfg.model)
+
+
+def apply_checkpointing(model, model_cfg: ModelConfig):
+    """``model.gradient_checkpointing``: transformers' non-reentrant checkpointing of the decoder
+    layers (active in training mode only, so sampling and no-grad passes are unchanged)."""
+    if not model_cfg.gradient_checkpointing:
+        return model
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise ConfigError(f"model.gradient_checkpointing: {type(model).__name__} does not support gradient "
+                          "checkpointing; set it to false")
+    enable = getattr(model, "activation_checkpointing_enable", None)  # transformers >= 5.2x; the old name warns
+    if enable is not None:
+        enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model
 
 
 def apply_freeze(model, cfg):

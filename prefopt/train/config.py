@@ -47,7 +47,8 @@ class LoopConfig:
     threads: int = field(default=0, metadata={"help": "torch CPU threads (0 = torch's default).", "min": 0})
     precision: Literal["fp32", "bf16-mixed", "fp16-mixed", "bf16"] = field(default="fp32", metadata={"help": (
         "Numeric precision: 'fp32'; 'bf16-mixed' / 'fp16-mixed' = fp32 master weights and optimizer state, every "
-        "forward and backward of a step (policy, reference, rollouts) under bf16/fp16 autocast, fp16 with a "
+        "forward and backward of a step (policy, reference, rollouts) under bf16/fp16 autocast, rollouts from a "
+        "low-precision copy (rollout.dtype), a live reference held in bf16/fp16, fp16 with a "
         "dynamic loss scaler (checkpointed); 'bf16' = pure bf16 weights (model.dtype becomes bfloat16; warns when "
         "lr is below the weights' bf16 resolution). Needs hardware bf16/fp16 support (checked at start).")})
 
@@ -150,6 +151,21 @@ class TrainConfig:
     output_dir: str = field(default="runs", metadata={"help": "Runs are written to <output_dir>/<run_name>."})
     run_name: str | None = field(default=None, metadata={"help": "Run folder name; default '<algo>-<timestamp>'."})
 
+    def _check_hedge(self, prefix: str) -> None:
+        """A Hedge setting the chosen algorithm would not read is an error, not silently ignored."""
+        from prefopt.train.presets import PRESETS
+
+        h = self.hedge
+        if h.scorers and PRESETS[self.algo.name].family != "policy_gradient":
+            raise bad_value(f"{prefix}hedge.scorers", h.scorers,
+                            f"unset with algo.name {self.algo.name}: Hedge combines the rewards of a policy-gradient "
+                            "preset (rloo, grpo, ppo, ...); to label pairs use hedge.judges with judge: hedge")
+        judged_by_hedge = "hedge" in (self.selfplay.judge, self.online.judge)
+        if h.judges and not judged_by_hedge:
+            raise bad_value(f"{prefix}hedge.judges", h.judges,
+                            "unset, or selfplay.judge: hedge / online.judge: hedge (the experts label pairs only "
+                            "when Hedge is the judge)")
+
     def validate(self, prefix: str = "") -> None:
         """Combinations across sections (each section has checked its own fields); a section the chosen
         algorithm does not read, set to anything but its defaults, is an error."""
@@ -163,3 +179,4 @@ class TrainConfig:
             raise bad_value(f"{prefix}train.batch_size", self.train.batch_size,
                             "an integer >= 2 with algo.name=kto (its KL baseline pairs mismatched examples)")
         check_recipe(self.recipe, self.algo.name)
+        self._check_hedge(prefix)

@@ -30,10 +30,9 @@ class MetricsLogger:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fh = self.path.open("a" if resume else "w", encoding="utf-8")
         self._tb = None
+        self._tb_dir = Path(run_dir) / "tensorboard" if tensorboard else None
+        self._purge_step: int | None = None  # resume: TensorBoard hides events from this step on
         self._wandb = None
-        if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-            self._tb = SummaryWriter(str(Path(run_dir) / "tensorboard"))
         if wandb_project:
             import wandb
             self._wandb = wandb.init(project=wandb_project, name=run_name, config=config or {}, resume="allow")
@@ -45,6 +44,9 @@ class MetricsLogger:
                                    for k, v in clean.items()}) + "\n")
         self._fh.flush()
         step = int(clean.get("step", 0))
+        if self._tb_dir is not None and self._tb is None:  # opened on first use: after a resume's cut_back
+            from torch.utils.tensorboard import SummaryWriter
+            self._tb = SummaryWriter(str(self._tb_dir), purge_step=self._purge_step)
         if self._tb is not None:
             for k, v in clean.items():
                 if k != "step" and isinstance(v, (int, float)):
@@ -59,8 +61,10 @@ class MetricsLogger:
 
     def cut_back(self, nbytes: int | None, step: int) -> int:
         """Drop what was logged after a checkpoint: keep the first ``nbytes`` (the size when the
-        checkpoint was written) or, without it, the records up to ``step``. Returns records dropped."""
+        checkpoint was written) or, without it, the records up to ``step``; TensorBoard purges its events
+        after ``step`` when it next writes. Returns records dropped."""
         self._fh.flush()
+        self._purge_step = step + 1
         text = self.path.read_bytes()
         if nbytes is not None and nbytes <= len(text):
             kept = text[:nbytes]

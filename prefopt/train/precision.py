@@ -5,7 +5,8 @@ scaling live.
 * ``bf16-mixed`` / ``fp16-mixed``: the model's float32 parameters are the master weights (the
   optimizer and its state see float32 parameters and gradients, so 8-bit, GaLore and APOLLO states
   are unchanged); every forward of a step -- the sources' (reference, rollouts) and the loss terms'
-  -- and its backward run under ``torch.autocast`` in bf16/fp16. fp16 adds a dynamic loss scaler
+  -- and its backward run under ``torch.autocast`` in bf16/fp16; frozen copies of the weights (rollout
+  sampling, a live reference: :func:`copy_dtype`) are held in bf16/fp16. fp16 adds a dynamic loss scaler
   (``torch.amp.GradScaler``): a step whose gradients overflow is skipped and the scale halves.
 * ``bf16``: pure bf16, the weights themselves are bf16 (``model.dtype`` becomes bfloat16). An
   update smaller than half a bf16 ulp of a weight (|θ|·2^-8) rounds away: :func:`warn_vanishing_updates`.

@@ -165,12 +165,13 @@ class DatasetReset:
 
 
 def response_pool(rows: list[dict], column: str) -> tuple[list[Any], list[str]]:
-    """(prompts, responses) of offline rows for resets: ``column`` 'chosen' / 'completion' / 'auto'."""
+    """(prompts, responses) of offline rows for resets: ``column`` 'chosen' / 'completion' / 'auto'.
+    An empty response is kept: its prompt is never reset (a prefix needs >= 2 response tokens)."""
     prompts, responses = [], []
     for i, row in enumerate(rows):
         col = column if column != "auto" else ("completion" if "completion" in row else "chosen")
         value = row.get(col)
-        if not isinstance(value, str) or not value:
+        if not isinstance(value, str):
             raise ConfigError(f"reset.column: row {i} has no '{col}' response to reset from "
                               f"(present: {', '.join(sorted(row))})")
         prompts.append(row["prompt"])
