@@ -187,7 +187,7 @@ def test_the_old_past_key_values_call_is_caught(monkeypatch, tiny_llama, reviews
 
     from prefopt.rollout import engine
 
-    monkeypatch.setattr(engine, "_cache_arg", lambda model: "past_key_values")
+    monkeypatch.setattr(engine, "cache_arg", lambda model: "past_key_values")
     wrapped = get_peft_model(tiny_llama, LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
     for model in (tiny_llama, wrapped):
         with deprecations_caught() as caught:

@@ -38,13 +38,13 @@ greedy, on a near-exact tie).
 """
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
 
 from prefopt.errors import ConfigError
+from prefopt.rollout.kv_cache import accepts, cache_arg, make_cache, select_rows
 from prefopt.seeding import ROLLOUT_PROMPT, ROLLOUT_SAMPLE, SEED_WORD_MAX, derive_seed
 from prefopt.types import Rollout
 from prefopt.validation import bad_value, check_config
@@ -148,151 +148,6 @@ def _sample(logits: torch.Tensor, u: torch.Tensor, temperature: float, top_k: in
     return (idx.gather(-1, j) if idx is not None else j).squeeze(-1)
 
 
-# --------------------------------------------------------------------------- KV cache
-
-
-def _prealloc_layer_cls():
-    """Build the preallocated layer class on first use (keeps ``import`` of this module light)."""
-    from transformers.cache_utils import DynamicLayer
-
-    global _PREALLOC_CLS
-    if _PREALLOC_CLS is not None:
-        return _PREALLOC_CLS
-
-    class PreallocDynamicLayer(DynamicLayer):
-        """A full-attention cache layer written in place into a buffer sized for the whole generation.
-
-        ``keys``/``values`` are views ``buf[:, :, :length]``; ``update`` copies the new states into
-        the buffer instead of concatenating (which copies the whole cache every step).
-        """
-
-        def __init__(self, capacity: int, **kwargs):
-            super().__init__(**kwargs)
-            self.capacity = int(capacity)
-            self.length = 0
-
-        def lazy_initialization(self, key_states, value_states):
-            self.dtype, self.device = key_states.dtype, key_states.device
-            b, h, _, d = key_states.shape
-            self._kbuf = key_states.new_empty(b, h, self.capacity, d)
-            self._vbuf = value_states.new_empty(b, h, self.capacity, value_states.shape[-1])
-            self.length = 0
-            self.keys, self.values = self._kbuf[:, :, :0], self._vbuf[:, :, :0]
-            self.is_initialized = True
-
-        def update(self, key_states, value_states, *args, **kwargs):
-            if not self.is_initialized:
-                self.lazy_initialization(key_states, value_states)
-            n = key_states.shape[-2]
-            end = self.length + n
-            if end > self.capacity:  # grow (should not happen: capacity is prompt + max_new_tokens)
-                self.capacity = max(end, 2 * self.capacity)
-                kb = self._kbuf.new_empty(*self._kbuf.shape[:2], self.capacity, self._kbuf.shape[-1])
-                vb = self._vbuf.new_empty(*self._vbuf.shape[:2], self.capacity, self._vbuf.shape[-1])
-                kb[:, :, : self.length] = self._kbuf[:, :, : self.length]
-                vb[:, :, : self.length] = self._vbuf[:, :, : self.length]
-                self._kbuf, self._vbuf = kb, vb
-            self._kbuf[:, :, self.length:end] = key_states
-            self._vbuf[:, :, self.length:end] = value_states
-            self.length = end
-            self.keys, self.values = self._kbuf[:, :, :end], self._vbuf[:, :, :end]
-            return self.keys, self.values
-
-        def get_seq_length(self) -> int:
-            return self.length if self.is_initialized else 0
-
-        def batch_select_indices(self, indices: torch.Tensor) -> None:
-            if self.is_initialized:
-                self._kbuf = self._kbuf.index_select(0, indices)
-                self._vbuf = self._vbuf.index_select(0, indices)
-                self.keys, self.values = self._kbuf[:, :, : self.length], self._vbuf[:, :, : self.length]
-
-        def reset(self) -> None:
-            super().reset()
-            self.length = 0
-
-        def crop(self, tokens_to_remove: int) -> None:
-            raise NotImplementedError("PreallocDynamicLayer does not support crop")
-
-        def batch_repeat_interleave(self, repeats: int) -> None:
-            raise NotImplementedError("PreallocDynamicLayer does not support batch_repeat_interleave")
-
-    _PREALLOC_CLS = PreallocDynamicLayer
-    return _PREALLOC_CLS
-
-
-_PREALLOC_CLS = None
-
-
-def _make_cache(model, capacity: int):
-    """A cache for ``model``: preallocated when every layer is plain full attention, else HF's own.
-
-    Returns None for models without an HF config (they build and return their own cache).
-    """
-    config = getattr(model, "config", None)
-    if config is None or not hasattr(config, "get_text_config"):
-        return None
-    try:
-        from transformers import DynamicCache
-        from transformers.cache_utils import DynamicLayer
-
-        cache = DynamicCache(config=config)
-    except Exception:  # noqa: BLE001 - unusual config: let the model build its cache
-        return None
-    if cache.layers and all(type(layer) is DynamicLayer for layer in cache.layers):
-        cls = _prealloc_layer_cls()
-        cache.layers = [cls(capacity) for _ in cache.layers]
-    return cache
-
-
-def _select_rows(cache: Any, idx: torch.Tensor) -> Any:
-    """Keep only the batch rows ``idx`` of a KV cache (HF Cache object or legacy tuples)."""
-    if cache is None:
-        return None
-    if hasattr(cache, "batch_select_indices"):
-        cache.batch_select_indices(idx)
-        return cache
-    if isinstance(cache, (tuple, list)):
-        return type(cache)(_select_rows(c, idx) for c in cache)
-    if isinstance(cache, torch.Tensor):
-        return cache.index_select(0, idx)
-    raise TypeError(f"don't know how to select batch rows of a cache of type {type(cache).__name__}")
-
-
-def _forward_params(model) -> dict:
-    try:
-        return dict(inspect.signature(model.forward).parameters)
-    except (TypeError, ValueError, AttributeError):
-        return {}
-
-
-def _cache_arg(model) -> str:
-    """The KV-cache keyword of ``model.forward``: ``cache`` (current transformers, where
-    ``past_key_values`` is deprecated and warns on every call) or ``past_key_values`` (older
-    transformers, custom models). A PEFT wrapper forwards ``**kwargs``: its base model decides."""
-    for _ in range(4):
-        params = _forward_params(model)
-        for name in ("cache", "past_key_values"):
-            if name in params and params[name].kind is not inspect.Parameter.VAR_KEYWORD:
-                return name
-        base = getattr(model, "get_base_model", None)
-        if base is None:
-            break
-        model = base()
-    return "past_key_values"
-
-
-def _returned_cache(out, cache_arg: str, given):
-    """The cache a forward returned (read under the name it was passed as: the old name warns)."""
-    returned = getattr(out, cache_arg, None)
-    return returned if returned is not None else given
-
-
-def _accepts(model, name: str) -> bool:
-    params = _forward_params(model)
-    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-
-
 # --------------------------------------------------------------------------- stop strings
 
 
@@ -351,17 +206,7 @@ def generate(
         ``logprobs`` raw (temperature-1, unfiltered) log-prob of each sampled token, 0 where masked;
         ``truncated`` True where no stop happened within ``max_new_tokens``.
     """
-    check_config(cfg, "sampling.")
-    if not prompts:
-        raise ConfigError("generate() needs at least one prompt")
-    for i, p in enumerate(prompts):
-        if len(p) == 0:
-            raise ConfigError(f"prompt {i} is empty; every prompt needs at least one token")
-    if seeds is not None and len(seeds) != len(prompts):
-        raise ConfigError(f"seeds has {len(seeds)} entries for {len(prompts)} prompts")
-    if cfg.stop_strings and tokenizer is None:
-        raise ConfigError("sampling.stop_strings needs a tokenizer")
-
+    _check_request(prompts, cfg, seeds, tokenizer)
     k = cfg.num_samples
     n_rows = len(prompts) * k
     stop_ids = set(cfg.stop_token_ids)
@@ -417,6 +262,25 @@ def generate(
     )
 
 
+def _returned_cache(out, keyword: str, given):
+    """The cache a forward returned (read under the name it was passed as: the old name warns)."""
+    returned = getattr(out, keyword, None)
+    return returned if returned is not None else given
+
+
+def _check_request(prompts: list[list[int]], cfg: SamplingConfig, seeds, tokenizer) -> None:
+    check_config(cfg, "sampling.")
+    if not prompts:
+        raise ConfigError("generate() needs at least one prompt")
+    for i, p in enumerate(prompts):
+        if len(p) == 0:
+            raise ConfigError(f"prompt {i} is empty; every prompt needs at least one token")
+    if seeds is not None and len(seeds) != len(prompts):
+        raise ConfigError(f"seeds has {len(seeds)} entries for {len(prompts)} prompts")
+    if cfg.stop_strings and tokenizer is None:
+        raise ConfigError("sampling.stop_strings needs a tokenizer")
+
+
 def _model_device(model) -> torch.device:
     dev = getattr(model, "device", None)
     if isinstance(dev, torch.device):
@@ -427,14 +291,11 @@ def _model_device(model) -> torch.device:
         return torch.device("cpu")
 
 
-def _generate_chunk(model, row_prompts, row_keys, cfg: SamplingConfig, *, pad_token_id, stop_tensor, stopper, device):
-    """Decode one chunk of n rows. Returns (ids (n,T), logprobs (n,T), lengths (n,), truncated (n,))."""
-    n = len(row_prompts)
-    T = cfg.max_new_tokens
-    sampling = cfg.temperature > 0.0
-    uniforms = _row_uniforms(row_keys, T).to(device) if sampling else None
-
-    # distinct prompts of the chunk (rows of one prompt are consecutive) -> prefill each once
+def _prefill(model, row_prompts, pad_token_id: int, new_tokens: int, device):
+    """Prefill each distinct prompt of a chunk once (rows of one prompt are consecutive), left-padded
+    with explicit positions, into a cache sized for ``new_tokens`` more, then repeat the cache and the
+    last logits for the prompt's rows. Returns (cache, cache keyword, logits (n, V), the distinct
+    prompts' attention mask and positions, row -> distinct prompt index)."""
     uniq: list[list[int]] = []
     inverse: list[int] = []
     for p in row_prompts:
@@ -450,17 +311,29 @@ def _generate_chunk(model, row_prompts, row_keys, cfg: SamplingConfig, *, pad_to
     input_ids, attn = input_ids.to(device), attn.to(device)
     position_ids = (attn.cumsum(-1) - 1).clamp_(min=0)
 
-    cache = _make_cache(model, Lp + T)
-    cache_arg = _cache_arg(model)
-    kwargs = {"logits_to_keep": 1} if _accepts(model, "logits_to_keep") else {}
+    cache = make_cache(model, Lp + new_tokens)
+    cache_kw = cache_arg(model)
+    kwargs = {"logits_to_keep": 1} if accepts(model, "logits_to_keep") else {}
     out = model(input_ids=input_ids, attention_mask=attn, position_ids=position_ids,
-                use_cache=True, **{cache_arg: cache}, **kwargs)
+                use_cache=True, **{cache_kw: cache}, **kwargs)
     logits = out.logits[:, -1, :]
-    cache = _returned_cache(out, cache_arg, cache)
+    cache = _returned_cache(out, cache_kw, cache)
     inv = torch.tensor(inverse, dtype=torch.long, device=device)
-    if len(uniq) != n:
-        cache = _select_rows(cache, inv)
+    if len(uniq) != len(row_prompts):
+        cache = select_rows(cache, inv)
         logits = logits.index_select(0, inv)
+    return cache, cache_kw, logits, attn, position_ids, inv
+
+
+def _generate_chunk(model, row_prompts, row_keys, cfg: SamplingConfig, *, pad_token_id, stop_tensor, stopper, device):
+    """Decode one chunk of n rows. Returns (ids (n,T), logprobs (n,T), lengths (n,), truncated (n,))."""
+    n = len(row_prompts)
+    T = cfg.max_new_tokens
+    sampling = cfg.temperature > 0.0
+    uniforms = _row_uniforms(row_keys, T).to(device) if sampling else None
+
+    cache, cache_kw, logits, attn, position_ids, inv = _prefill(model, row_prompts, pad_token_id, T, device)
+    Lp = attn.shape[1]
 
     # preallocated buffers (active rows only for the mask / positions)
     mask_buf = torch.ones(n, Lp + T, dtype=attn.dtype, device=device)
@@ -497,10 +370,10 @@ def _generate_chunk(model, row_prompts, row_keys, cfg: SamplingConfig, *, pad_to
             tok = tok.index_select(0, keep)
             next_pos = next_pos.index_select(0, keep)
             mask_buf = mask_buf.index_select(0, keep)
-            cache = _select_rows(cache, keep)
+            cache = select_rows(cache, keep)
         out = model(input_ids=tok.unsqueeze(-1), attention_mask=mask_buf[:, : Lp + t + 1],
-                    position_ids=next_pos.unsqueeze(-1), use_cache=True, **{cache_arg: cache})
+                    position_ids=next_pos.unsqueeze(-1), use_cache=True, **{cache_kw: cache})
         logits = out.logits[:, -1, :]
-        cache = _returned_cache(out, cache_arg, cache)
+        cache = _returned_cache(out, cache_kw, cache)
         next_pos = next_pos + 1
     return ids, lps, lengths, truncated

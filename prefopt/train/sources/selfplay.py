@@ -30,6 +30,7 @@ from prefopt.losses.selfplay import (SelectedPairs, dno_pairs, geometric_mixture
                                      spo_rewards, sppo_pairs)
 from prefopt.models.logprobs import sequence_logps
 from prefopt.models.lora import reference_pass
+from prefopt.rollout.kv_cache import cache_arg
 from prefopt.rollout.preferences import win_rate_matrix
 from prefopt.rollout.scorers import RewardOutput
 from prefopt.train.algorithms.preference import pair_logps
@@ -231,10 +232,11 @@ class GeometricMixture(torch.nn.Module):
         policy_cache, ref_cache = past_key_values if past_key_values is not None else (None, None)
         common = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True,
                       **kwargs)
-        p = self.policy(past_key_values=policy_cache, **common)
-        r = self._reference(past_key_values=ref_cache, **common)
+        pk, rk = cache_arg(self.policy), cache_arg(self._reference)  # `cache` where transformers renamed it
+        p = self.policy(**{pk: policy_cache}, **common)
+        r = self._reference(**{rk: ref_cache}, **common)
         return SimpleNamespace(logits=geometric_mixture_logits(p.logits, r.logits, self.coef),
-                               past_key_values=(p.past_key_values, r.past_key_values))
+                               past_key_values=(getattr(p, pk), getattr(r, rk)))
 
 
 class MixturePairSource(Source):
