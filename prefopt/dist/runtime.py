@@ -200,8 +200,6 @@ def shutdown() -> None:
     import torch.distributed as dist
 
     if dist.is_initialized():
-        if dist.get_world_size() > 1:
-            dist.barrier()  # tear down together: no rank destroys its group while another still uses it
         dist.destroy_process_group()
     set_current(Runtime())
 
